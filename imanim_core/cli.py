@@ -1,0 +1,56 @@
+"""`python -m imanim_core <command> ...` — each command lives in its own module, imported only when used.
+
+A command module provides ``add_arguments(parser)`` and ``run(args) -> int``. User errors
+(:class:`~imanim_core.errors.IMAnimError`) are printed without a traceback and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "inspect": ("imanim_core.commands.inspect_cmd", "say what a weights file is"),
+    "encode-motion": ("imanim_core.commands.encode_motion", "encode a driving video into motion tokens"),
+    "bench": ("imanim_core.commands.bench", "measure speed (bench encoder)"),
+    "train": ("imanim_core.train.cli", "train stage1|stage2|stage3|vae"),
+    "demo": ("imanim_core.commands.demo", "animate a puppet with the embedded model"),
+    "animate": ("imanim_core.commands.animate", "animate an identity image with a driving video"),
+    "eval": ("imanim_core.commands.eval_cmd", "held-out ground-truth benchmark"),
+}
+
+
+def _available():
+    out = {}
+    for name, (mod, help_) in COMMANDS.items():
+        if importlib.util.find_spec(mod) is not None:
+            out[name] = (mod, help_)
+    return out
+
+
+def main(argv=None) -> int:
+    from .errors import IMAnimError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m imanim_core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cmds = _available()
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (mod, help_) in cmds.items():
+        p = sub.add_parser(name, help=help_)
+        if name == chosen:  # import only the module of the command being run
+            importlib.import_module(mod).add_arguments(p)
+            p.set_defaults(_module=mod)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except IMAnimError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv.
+#   scripts/setup.sh          runtime + training dependencies
+#   scripts/setup.sh --dev    also test tools, and ComfyUI's own requirements when a ComfyUI checkout is found
+#                             ($COMFYUI_PATH or ~/comfy/ComfyUI) so tests/comfyui can run it headless.
+# torch is pinned through constraints.txt (CPU build 2.13.0); nothing here installs an unpinned torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+.venv/bin/python -c "import torch" 2>/dev/null || "${PIP[@]}" torch==2.13.0
+extras="train"
+[ "${1:-}" = "--dev" ] && extras="dev"
+"${PIP[@]}" -c constraints.txt -e ".[${extras}]" 2>&1 | grep -v "is ignored: it is neither" || true
+if [ "${1:-}" = "--dev" ]; then
+  COMFY=${COMFYUI_PATH:-$HOME/comfy/ComfyUI}
+  if [ -f "$COMFY/requirements.txt" ]; then
+    # ComfyUI's requirements minus torchaudio (its CUDA-linked wheel breaks imports on the CPU-only torch).
+    grep -vE '^(torchaudio|#|$)' "$COMFY/requirements.txt" > .venv/comfyui-requirements.txt
+    "${PIP[@]}" -c constraints.txt -r .venv/comfyui-requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
+    echo "setup: ComfyUI requirements installed for $COMFY"
+  else
+    echo "setup: no ComfyUI checkout at $COMFY; tests/comfyui will be skipped"
+  fi
+fi
+.venv/bin/python -c "import torch, imanim_core; print('setup: ok, torch', torch.__version__)"
