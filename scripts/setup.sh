@@ -16,10 +16,16 @@ extras="train"
 if [ "${1:-}" = "--dev" ]; then
   COMFY=${COMFYUI_PATH:-$HOME/comfy/ComfyUI}
   if [ -f "$COMFY/requirements.txt" ]; then
-    # ComfyUI's requirements minus torchaudio (its CUDA-linked wheel breaks imports on the CPU-only torch).
-    grep -vE '^(torchaudio|#|$)' "$COMFY/requirements.txt" > .venv/comfyui-requirements.txt
-    "${PIP[@]}" -c constraints.txt -r .venv/comfyui-requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
-    echo "setup: ComfyUI requirements installed for $COMFY"
+    # A second environment for tests/comfyui: ComfyUI's requirements (minus torchaudio, whose CUDA-linked wheel
+    # does not import on the CPU-only torch) + this project. Kept apart from .venv because the registry's
+    # torchvision is CUDA-linked too and breaks diffusers' imports there; the ComfyUI test harness declares the
+    # two torchvision op schemas it needs before torchvision is imported (tests/comfyui/launch.py).
+    [ -x .venv-comfyui/bin/python ] || "$PY" -m venv .venv-comfyui
+    CPIP=(.venv-comfyui/bin/python -m pip install -q --disable-pip-version-check)
+    .venv-comfyui/bin/python -c "import torch" 2>/dev/null || "${CPIP[@]}" torch==2.13.0
+    grep -vE '^(torchaudio|#|$)' "$COMFY/requirements.txt" > .venv-comfyui/comfyui-requirements.txt
+    "${CPIP[@]}" -c constraints.txt -r .venv-comfyui/comfyui-requirements.txt -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+    echo "setup: .venv-comfyui ready for ComfyUI at $COMFY"
   else
     echo "setup: no ComfyUI checkout at $COMFY; tests/comfyui will be skipped"
   fi
