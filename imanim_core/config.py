@@ -96,6 +96,7 @@ class MotionDecoderConfig(_Base):
     """Stage-1 decoder: quantised tokens + mask tokens -> ViT -> joint tokens (grid x grid x joint_dim)."""
 
     token_dim: int = 12
+    num_tokens: int = 32  # K motion tokens per frame (== TokenizerConfig.num_latent_tokens)
     width: int = 128
     layers: int = 4
     heads: int = 4
