@@ -18,6 +18,8 @@ COMMANDS = {
     "demo": ("imanim_core.commands.demo", "animate a puppet with the embedded model"),
     "animate": ("imanim_core.commands.animate", "animate an identity image with a driving video"),
     "eval": ("imanim_core.commands.eval_cmd", "held-out ground-truth benchmark"),
+    "make-puppet-data": ("imanim_core.commands.make_puppet_data",
+                         "write a puppet-world data set in the video-folder layout"),
 }
 
 
