@@ -1,0 +1,367 @@
+"""The explicit-control baseline of the benchmark: the driver's skeleton instead of implicit motion tokens.
+
+What it is. Skeleton-driven animation (DWPose/ViTPose + a pose guider, as in Animate Anyone, UniAnimate,
+Wan-Animate) draws the *driver's* keypoints — at the driver's proportions — and conditions the video model on
+that drawing. Here: the driver's 20 keypoints are drawn with ``data.skeleton.draw_skeleton`` on the video grid
+(:func:`skeleton_frames`); a small convolutional **skeleton encoder** (:class:`SkeletonEncoder`, stride 16 =
+VAE x8 * DiT patch x2) maps each drawing to tokens ``[B, T, H/16, W/16, Dr]`` — the same shape as the
+retargeter's output — which go through the **same** ``MotionInjector`` into the same Wan DiT, with the identity
+latent appended in time, sampled by the same pipeline (:func:`imanim_core.pipeline.run` with
+``motion_tokens=``). So the only difference to IM-Animation is the motion representation: the skeleton
+encoder replaces tokenizer + retargeter.
+
+Training (same budget as the model's stage 3). :class:`SkeletonStage` is a training stage for the shared
+loop (``train.common.run_training``) that follows ``train stage3``'s tiny recipe: the stage-3 preset and
+options (steps, batch, lr, clip length, size, data: puppet world with the same cross-identity share, fresh tiny
+DiT trained in full + injector), the same frozen VAE and the same flow-matching loss with a zero text context;
+the skeleton encoder trains from scratch at the base learning rate. Command::
+
+    python -m imanim_core.baselines train --vae runs/vae --out runs/skeleton [any `train stage3` option]
+    python -m imanim_core.baselines install runs/skeleton/export     # -> imanim_core/weights/baselines/skeleton
+
+Files (``DIR/export/``, and the installed folder): ``skeleton_baseline.safetensors`` (``skeleton_encoder.*`` and
+``injector.*``, metadata ``format=im-animation-skeleton-baseline``, ``config`` JSON), ``dit.safetensors``
+(original Wan layout), ``vae.safetensors``, ``manifest.json``. :func:`load_skeleton_baseline` reads a folder;
+``python -m imanim_core eval`` uses it when present and reports ``not trained`` otherwise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import InjectorConfig, _Base
+from .errors import CheckpointError, IMAnimError, InputError
+
+BASELINE_FORMAT = "im-animation-skeleton-baseline"
+BASELINE_FORMAT_VERSION = 1
+BASELINE_FILE = "skeleton_baseline.safetensors"
+
+
+@dataclass(frozen=True)
+class SkeletonEncoderConfig(_Base):
+    """Skeleton drawing [B, T, H, W, 3] -> tokens [B, T, H/16, W/16, out_dim] (4 stride-2 convolutions)."""
+
+    width: int = 64
+    out_dim: int = 64  # Dr (= the injector's in_dim)
+    stride: int = 16  # fixed: one token per 16x16 px (Wan VAE x8, DiT patch x2)
+
+
+class SkeletonEncoder(nn.Module):
+    """A pose guider: conv(3->w/4, s2) -> conv(->w/2, s2) -> conv(->w, s2) -> conv(->w, s2) -> 1x1 conv(->Dr),
+    SiLU between; frames are encoded independently."""
+
+    def __init__(self, cfg: SkeletonEncoderConfig = SkeletonEncoderConfig()):
+        super().__init__()
+        if cfg.stride != 16:
+            raise InputError(f"SkeletonEncoderConfig.stride: only 16 is supported, got {cfg.stride}")
+        self.cfg = cfg
+        w = int(cfg.width)
+        chans = [3, max(8, w // 4), max(8, w // 2), w, w]
+        layers = []
+        for a, b in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(a, b, 4, stride=2, padding=1), nn.SiLU()]
+        self.net = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(w, cfg.out_dim, 1)
+
+    def forward(self, skeleton: torch.Tensor) -> torch.Tensor:
+        if skeleton.ndim != 5 or skeleton.shape[-1] != 3:
+            raise InputError(f"skeleton frames: expected [B, T, H, W, 3], got {tuple(skeleton.shape)}")
+        b, t, h, w, _ = skeleton.shape
+        if h % 16 or w % 16:
+            raise InputError(f"skeleton frames: height and width must be multiples of 16, got {h}x{w}")
+        x = skeleton.reshape(b * t, h, w, 3).permute(0, 3, 1, 2).to(self.proj.weight.dtype)
+        y = self.proj(self.net(x))  # [BT, Dr, H/16, W/16]
+        return y.permute(0, 2, 3, 1).reshape(b, t, h // 16, w // 16, self.cfg.out_dim)
+
+
+def skeleton_frames(keypoints, size: Sequence[int], source_hw: Optional[Sequence[int]] = None,
+                    visibility=None) -> torch.Tensor:
+    """The driver's keypoints ``[T, 20, 2]`` (pixels of a ``source_hw`` frame; default: ``size``) drawn as coloured
+    sticks on black at the grid ``size`` (H, W) -> float ``[T, H, W, 3]`` in [0, 1]. A source frame of another
+    aspect is letterboxed (scaled to fit inside, centred), like the identity image."""
+    from .data.skeleton import draw_skeleton
+
+    kp = np.asarray(keypoints.detach().cpu() if torch.is_tensor(keypoints) else keypoints, dtype=np.float64)
+    h, w = int(size[0]), int(size[1])
+    if source_hw is not None and tuple(int(v) for v in source_hw) != (h, w):
+        sh, sw = int(source_hw[0]), int(source_hw[1])
+        s = min(w / sw, h / sh)
+        nh, nw = max(1, round(sh * s)), max(1, round(sw * s))
+        top, left = (h - nh) // 2, (w - nw) // 2
+        kp = np.stack([(kp[..., 0] + 0.5) * nw / sw - 0.5 + left, (kp[..., 1] + 0.5) * nh / sh - 0.5 + top], -1)
+    img = draw_skeleton(kp, visibility, size=(h, w))
+    if img.ndim == 3:
+        img = img[None]
+    return torch.from_numpy(np.ascontiguousarray(img)).float() / 255.0
+
+
+# ============================================================================================== files
+def save_skeleton_baseline(path, encoder: SkeletonEncoder, injector, metadata: Optional[dict] = None) -> Path:
+    from .models.bundle import _atomic_save  # the project's one atomic safetensors writer
+
+    tensors = {}
+    for prefix, mod in (("skeleton_encoder", encoder), ("injector", injector)):
+        for k, v in mod.state_dict().items():
+            tensors[f"{prefix}.{k}"] = v.detach().float().cpu().contiguous()
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta.update(format=BASELINE_FORMAT, format_version=str(BASELINE_FORMAT_VERSION),
+                config=json.dumps({"skeleton_encoder": encoder.cfg.to_dict(), "injector": injector.cfg.to_dict()}))
+    return _atomic_save(tensors, path, meta)
+
+
+def load_skeleton_parts(path, device="cpu") -> tuple:
+    """(SkeletonEncoder, MotionInjector, metadata) from a ``skeleton_baseline.safetensors`` file."""
+    from safetensors import safe_open
+
+    from .models.injector import MotionInjector
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"skeleton baseline file {str(p)!r} does not exist")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"skeleton baseline file {str(p)!r} could not be read: {e}") from None
+    if meta.get("format") != BASELINE_FORMAT:
+        raise CheckpointError(f"{str(p)!r} is not a skeleton-baseline file (format={meta.get('format')!r})")
+    try:
+        cfg = json.loads(meta["config"])
+        enc = SkeletonEncoder(SkeletonEncoderConfig.from_dict(cfg["skeleton_encoder"]))
+        inj = MotionInjector(InjectorConfig.from_dict(cfg["injector"]))
+        for prefix, mod in (("skeleton_encoder", enc), ("injector", inj)):
+            sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            mod.load_state_dict(sd, strict=True)
+    except (KeyError, ValueError, RuntimeError, IMAnimError) as e:
+        raise CheckpointError(f"skeleton baseline file {str(p)!r} does not match its config: {e}") from None
+    return enc.to(device).eval(), inj.to(device).eval(), meta
+
+
+@dataclass
+class SkeletonBaseline:
+    encoder: SkeletonEncoder
+    injector: nn.Module
+    dit: nn.Module
+    vae: nn.Module
+    folder: Path
+
+    @torch.no_grad()
+    def tokens(self, keypoints, size, source_hw=None) -> torch.Tensor:
+        sk = skeleton_frames(keypoints, size, source_hw)
+        p = self.encoder.proj.weight
+        return self.encoder(sk[None].to(p.device, p.dtype)).float().cpu()
+
+    def animate(self, identity, keypoints, size, source_hw=None, **kw):
+        """Like :func:`imanim_core.pipeline.run`, driven by the driver's keypoints ``[T, 20, 2]``."""
+        from . import pipeline as P
+
+        size = P.check_size(size)
+        return P.run(identity, None, None, self.dit, self.vae, size=size,
+                     motion_tokens=self.tokens(keypoints, size, source_hw), injector=self.injector, **kw)
+
+
+def baseline_files(folder) -> dict:
+    d = Path(folder)
+    return {"baseline": d / BASELINE_FILE, "dit": d / "dit.safetensors", "vae": d / "vae.safetensors"}
+
+
+def skeleton_baseline_status(folder) -> str:
+    missing = [str(p) for p in baseline_files(folder).values() if not p.is_file()]
+    if missing:
+        return (f"not trained (no weights: missing {', '.join(missing)}; train with `python -m imanim_core.baselines "
+                f"train --vae runs/vae --out runs/skeleton` then `python -m imanim_core.baselines install "
+                f"runs/skeleton/export`)")
+    return "ok"
+
+
+def load_skeleton_baseline(folder, device="cpu") -> SkeletonBaseline:
+    from .backbone.wan import load_dit, load_vae
+
+    files = baseline_files(folder)
+    status = skeleton_baseline_status(folder)
+    if status != "ok":
+        raise CheckpointError(f"skeleton baseline: {status}")
+    enc, inj, _ = load_skeleton_parts(files["baseline"], device)
+    return SkeletonBaseline(enc, inj, load_dit(files["dit"], device=device).eval(),
+                            load_vae(files["vae"], device=device).eval(), Path(folder))
+
+
+def install(export_dir, dest=None) -> Path:
+    """Copy a finished baseline run's export folder to ``dest`` (default ``weights/baselines/skeleton``)."""
+    from .weights import SKELETON_BASELINE_DIR, _copy_atomic
+
+    src = Path(export_dir)
+    if skeleton_baseline_status(src) != "ok":
+        raise CheckpointError(f"install: {str(src)!r} is not a skeleton-baseline export folder "
+                              f"({skeleton_baseline_status(src)})")
+    dst = Path(dest) if dest else SKELETON_BASELINE_DIR
+    for p in baseline_files(src).values():
+        _copy_atomic(p, dst / p.name)
+    return dst
+
+
+# ============================================================================================== training
+class SkeletonModule(nn.Module):
+    def __init__(self, dit, injector, encoder, text_len: int):
+        super().__init__()
+        self.dit, self.injector, self.encoder = dit, injector, encoder
+        self.text_len = text_len
+
+    def forward(self, batch):
+        from .backbone.flow import flow_matching_loss, zero_context
+
+        ref, x0 = batch["reference"], batch["latents"]
+        tokens = self.encoder(batch["skeleton"])
+        ctx = zero_context(x0.shape[0], self.text_len, self.dit.config.text_dim, device=x0.device)
+        fm = flow_matching_loss(self.dit, x0, ctx, reference=ref, motion=tokens)
+        return fm, {"flow": fm.detach()}
+
+
+def _stage_base():
+    from .train.common import Stage
+
+    return Stage
+
+
+class SkeletonStage(_stage_base()):
+    """``train stage3``'s recipe with the skeleton encoder in place of tokenizer + retargeter."""
+
+    name = "skeleton-baseline"
+    find_unused_parameters = False
+
+    def build(self) -> nn.Module:
+        from .backbone.wan import build_dit, load_dit
+        from .models.injector import MotionInjector, attach_to
+        from .train.data import CLIP_FPS, make_source
+        from .train.stage2 import load_frozen_vae
+
+        cfg = self.cfg
+        if cfg.effective_dit_training != "full":
+            raise IMAnimError("the skeleton baseline follows the tiny stage-3 recipe: --dit-training full only")
+        if cfg.dit and not self.dry:
+            dit = load_dit(cfg.dit)
+        else:
+            dit = build_dit(cfg.dit_preset)
+        dit_dim = int(dit.config.num_attention_heads * dit.config.attention_head_dim)
+        enc_cfg = SkeletonEncoderConfig(out_dim=cfg.joint_head_config().joint_dim)
+        inj_cfg = cfg.injector_config(dit_dim).replace(in_dim=enc_cfg.out_dim)
+        encoder = SkeletonEncoder(enc_cfg)
+        injector = MotionInjector(inj_cfg)
+        dit.requires_grad_(True).train()
+        attach_to(dit, injector)
+        self.enc_cfg, self.inj_cfg = enc_cfg, inj_cfg
+        module = SkeletonModule(dit, injector, encoder, cfg.text_len)
+        self.vae, self.vae_path = load_frozen_vae(cfg, self.device, self.dry)
+        if not self.dry:
+            module.to(self.device)
+            self.source = make_source(cfg, 3, cfg.num_frames, fps=CLIP_FPS)
+        return module
+
+    def param_groups(self) -> list:
+        m = self.module
+        inj = {id(p) for p in m.injector.parameters()}
+        return [{"name": "injector", "params": list(m.injector.parameters()), "lr_scale": 1.0},
+                {"name": "dit (full)", "params": [p for p in m.dit.parameters() if id(p) not in inj],
+                 "lr_scale": 1.0},
+                {"name": "skeleton encoder", "params": list(m.encoder.parameters()), "lr_scale": 1.0}]
+
+    def describe(self) -> str:
+        c = self.cfg
+        return (f"skeleton baseline: trains the whole DiT + injector + skeleton encoder (stage-3 tiny recipe); VAE "
+                f"{self.vae_path}; clips of {c.num_frames} frames at {c.height}x{c.width}")
+
+    def load_batch(self, gen, sample_offset):
+        from .train.data import clip_batch
+
+        cfg = self.cfg
+        b = clip_batch(self.source, sample_offset, cfg.batch_size)
+        frames = b["frames"]
+        bsz, t, h, w, _ = frames.shape
+        if (t - 1) % 4:
+            raise IMAnimError(f"skeleton baseline: clips must have 4n+1 frames, the data gave {t}")
+        sk = torch.stack([skeleton_frames(b["keypoints"][i], (h, w), visibility=b["visibility"][i])
+                          for i in range(bsz)])
+        return {"skeleton": sk, "identity": b["identity"], "target": b["target"]}
+
+    def prepare(self, batch):
+        from .backbone.wan import vae_encode
+        from .train.stage2 import identity_latent
+
+        batch["reference"] = identity_latent(self.vae, batch.pop("identity"))
+        video = batch.pop("target").permute(0, 4, 1, 2, 3) * 2.0 - 1.0
+        batch["latents"] = vae_encode(self.vae, video)
+        return batch
+
+    def export(self, module, export_dir: Path) -> dict:
+        from .backbone.wan import save_dit, save_vae
+        from .train.common import write_manifest
+
+        export_dir = Path(export_dir)
+        files = {"baseline": save_skeleton_baseline(export_dir / BASELINE_FILE, module.encoder, module.injector,
+                                                    {"step": self.step, "preset": self.cfg.preset}),
+                 "dit": save_dit(module.dit, export_dir / "dit.safetensors")}
+        vae_dst = export_dir / "vae.safetensors"
+        if self.vae_path == "random":
+            files["vae"] = save_vae(self.vae, vae_dst)
+        else:
+            tmp = export_dir / ".vae.safetensors.tmp"
+            shutil.copyfile(self.vae_path, tmp)
+            os.replace(tmp, vae_dst)
+            files["vae"] = vae_dst
+        files["manifest"] = write_manifest(export_dir, {
+            "stage": "skeleton-baseline", "step": self.step, "recipe": "train stage3 (tiny-puppet)",
+            "video_size": [self.cfg.height, self.cfg.width], "num_frames": self.cfg.num_frames,
+            "vae_source": self.vae_path})
+        return files
+
+
+def main(argv=None) -> int:
+    """``python -m imanim_core.baselines train [train stage3 options]`` / ``install EXPORT_DIR [DEST]``."""
+    import argparse
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("train", "install"):
+        print("usage: python -m imanim_core.baselines train --vae runs/vae --out runs/skeleton [train stage3 options]\n"
+              "       python -m imanim_core.baselines install runs/skeleton/export [DEST]", file=sys.stderr)
+        return 2
+    try:
+        if argv[0] == "install":
+            if len(argv) < 2:
+                raise InputError("install: give the export folder of a finished baseline run")
+            dst = install(argv[1], argv[2] if len(argv) > 2 else None)
+            print(f"installed the skeleton baseline in {dst}")
+            return 0
+        from .train import cli as train_cli
+        from .train.common import run_training
+
+        p = argparse.ArgumentParser(prog="python -m imanim_core.baselines train",
+                                    description="train the explicit skeleton baseline with the stage-3 recipe")
+        train_cli.add_arguments(p)
+        args = p.parse_args(["stage3"] + argv[1:])
+        cfg = train_cli.config_from_args(args)
+        return run_training(cfg, SkeletonStage, resume=args.resume)
+    except IMAnimError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["SkeletonEncoderConfig", "SkeletonEncoder", "SkeletonBaseline", "SkeletonStage", "skeleton_frames",
+           "save_skeleton_baseline", "load_skeleton_parts", "load_skeleton_baseline", "skeleton_baseline_status",
+           "baseline_files", "install", "main"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
