@@ -1,0 +1,151 @@
+"""Glue shared by the nodes: devices and dtypes, input checks with clear messages, output size, progress."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management as mm
+import comfy.utils
+
+from imanim_core.errors import InputError
+
+CATEGORY = "IM-Animation"
+GRID_PX = 16  # Wan 2.1: VAE x8, DiT patch x2 -> one DiT token per 16x16 pixels
+
+DTYPES = ["auto", "fp32", "bf16", "fp16"]
+DEVICES = ["auto", "cpu", "gpu"]
+
+
+# --------------------------------------------------------------------------------------- device / dtype
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cpu":
+        return torch.device("cpu")
+    dev = mm.get_torch_device()
+    if choice == "gpu" and dev.type == "cpu":
+        raise InputError("device: 'gpu' was chosen but ComfyUI runs on the CPU (started with --cpu, or no GPU was "
+                         "found); choose 'auto' or 'cpu'")
+    return dev
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "fp32":
+        return torch.float32
+    if choice == "bf16":
+        return torch.bfloat16
+    if choice == "fp16":
+        return torch.float16
+    if choice != "auto":
+        raise InputError(f"dtype: expected one of {DTYPES}, got {choice!r}")
+    if device.type == "cpu":
+        return torch.float32
+    return torch.bfloat16 if mm.should_use_bf16(device) else torch.float16
+
+
+def dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def check_interrupt() -> None:
+    mm.throw_exception_if_processing_interrupted()
+
+
+def progress(total: int):
+    """A ComfyUI progress bar plus an ``update(done)`` function for imanim_core's ``progress(done, total)``."""
+    bar = comfy.utils.ProgressBar(max(1, int(total)))
+
+    def update(done, tot=None):
+        bar.update_absolute(int(done), int(tot if tot is not None else total))
+
+    return bar, update
+
+
+# -------------------------------------------------------------------------------------------- images
+def check_image(image, name: str, min_side: int = 1) -> torch.Tensor:
+    """A ComfyUI IMAGE [B,H,W,C] -> float RGB [B,H,W,3] (alpha dropped), with messages naming ``name``."""
+    if not torch.is_tensor(image) or image.ndim != 4:
+        shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+        raise InputError(f"{name}: expected an IMAGE batch [frames, height, width, 3], got {shape}")
+    b, h, w, c = image.shape
+    if b == 0:
+        raise InputError(f"{name}: the image batch is empty")
+    if c not in (3, 4):
+        raise InputError(f"{name}: expected RGB images (3 channels), got {c} channels")
+    if min(h, w) < min_side:
+        raise InputError(f"{name}: the image is {w}x{h} px, smaller than the {min_side} px needed on each side "
+                         f"(one {min_side}x{min_side} cell of the model grid); use a larger image")
+    return image[..., :3].float()
+
+
+def target_size(width: int, height: int, image_hw: tuple, bundle=None) -> tuple:
+    """Output (W, H) in px, multiples of 16.
+
+    Both 0: the standalone pipeline's default (``imanim_core.pipeline.default_size``: the bundle's ``video_size``
+    metadata, else 128x128 for a tiny model, else a 480p-area size with the identity's aspect), so the node and
+    ``python -m imanim_core animate`` without --size agree. One 0: derived from the other and the identity's
+    aspect."""
+    from types import SimpleNamespace
+
+    from imanim_core.pipeline import default_size
+
+    ih, iw = int(image_hw[0]), int(image_hw[1])
+    w, h = int(width), int(height)
+    if not w and not h:
+        inj = getattr(bundle, "injector", None)
+        dit = None
+        if inj is not None:  # default_size only reads the DiT's width
+            dit = SimpleNamespace(config=SimpleNamespace(num_attention_heads=int(inj.cfg.dit_dim),
+                                                         attention_head_dim=1))
+        h, w = default_size(bundle, dit, (ih, iw))
+    elif not w:
+        w = max(GRID_PX, int(round(h * iw / ih / GRID_PX)) * GRID_PX)
+    elif not h:
+        h = max(GRID_PX, int(round(w * ih / iw / GRID_PX)) * GRID_PX)
+    for v, n in ((w, "width"), (h, "height")):
+        if v < GRID_PX or v % GRID_PX:
+            raise InputError(f"{n}: expected a positive multiple of {GRID_PX} px (Wan: VAE x8 then 2x2 patches), "
+                             f"got {v}")
+    return w, h
+
+
+def overlay(base: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """Heatmap colours [B,h,w,3] (resized to base) over images [B,H,W,3], for previews."""
+    if heat.shape[1:3] != base.shape[1:3]:
+        heat = F.interpolate(heat.movedim(-1, 1), size=tuple(base.shape[1:3]), mode="bilinear",
+                             align_corners=False).movedim(1, -1)
+    return (base * alpha + heat.clamp(0, 1)).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------- Wan checks
+def check_wan_vae(vae, name: str = "vae") -> None:
+    """Only the Wan 2.1 VAE (16 latent channels, 4x temporal / 8x spatial) gives the latent IM-Animation uses."""
+    import comfy.ldm.wan.vae as wan_vae
+
+    fsm = getattr(vae, "first_stage_model", None)
+    ch = getattr(vae, "latent_channels", None)
+    if fsm is None or not isinstance(fsm, wan_vae.WanVAE) or ch != 16 or getattr(vae, "latent_dim", None) != 3:
+        kind = type(fsm).__name__ if fsm is not None else type(vae).__name__
+        raise InputError(f"{name}: expected the Wan 2.1 VAE (e.g. wan_2.1_vae.safetensors, 16 latent channels); got "
+                         f"a {kind} VAE with {ch} latent channels. Wan 2.2 and light/tiny preview VAEs do not fit")
+
+
+def check_wan_model(model, name: str = "model") -> dict:
+    """A Wan 2.1 text-to-video MODEL (16-channel latent input). Returns {'dim', 'text_dim', 'patch_size'}."""
+    import comfy.model_base
+
+    base = getattr(model, "model", None)
+    if base is None or not isinstance(base, comfy.model_base.WAN21):
+        raise InputError(f"{name}: expected a Wan 2.1 MODEL (e.g. wan2.1_t2v_1.3B loaded with Load Diffusion Model); "
+                         f"got {type(base).__name__ if base is not None else type(model).__name__}")
+    lf = getattr(base, "latent_format", None)
+    if getattr(lf, "latent_channels", None) != 16:
+        raise InputError(f"{name}: expected a Wan 2.1 model working on 16-channel latents; this one uses "
+                         f"{getattr(lf, 'latent_channels', '?')} channels (Wan 2.2 5B?)")
+    dm = model.get_model_object("diffusion_model")
+    pe = model.get_model_object("diffusion_model.patch_embedding")
+    w = getattr(pe, "weight", None)
+    in_ch = int(w.shape[1]) if torch.is_tensor(w) else None
+    if in_ch != 16:
+        raise InputError(f"{name}: expected a text-to-video Wan 2.1 model (16 input channels); this one takes "
+                         f"{in_ch} (an image-to-video / control variant)")
+    return {"dim": int(dm.dim), "text_dim": int(getattr(dm, "text_dim", 4096)),
+            "patch_size": tuple(getattr(dm, "patch_size", (1, 2, 2)))}

@@ -1,0 +1,246 @@
+"""Write workflows/*.json (UI format) from compact graph descriptions and a running server's /object_info.
+
+Usage: python build_workflows.py OBJECT_INFO.json [OUT_DIR]      (OUT_DIR defaults to the repo's workflows/)
+
+A developer tool: the workflow files are committed; tests/comfyui converts them back to API format and runs
+them. Slots, types and widget order all come from /object_info, so the files match what the page would save.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workflow_api import _all_inputs, has_control, is_widget  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TINY_DIT = "imanim_tiny_dit.safetensors"
+TINY_VAE = "imanim_tiny_vae.safetensors"
+TINY_BUNDLE = "imanim_tiny.safetensors"
+
+FRAME_NOTE = ("Frame counts: Wan's VAE turns L latent frames into 4L-3 frames. The sampler pads the motion to the "
+              "next 4n+1 frames and outputs frame_count = the driving video's frame count; ImageFromBatch "
+              "(batch_index 0, length = frame_count) after VAE Decode gives exactly that many frames.")
+
+
+def _default(spec):
+    t = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(t, list):
+        return t[0] if t else ""
+    if t == "COMBO":
+        o = opts.get("options") or [""]
+        return o[0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(t, None)
+
+
+def build(nodes: list, object_info: dict, wid: str) -> dict:
+    """nodes: dicts with id, type, pos, size (optional), widgets {name: value}, links {input: (src_id, slot)},
+    title (optional); type 'Note' takes 'text'."""
+    by_id = {n["id"]: n for n in nodes}
+    out_nodes, links = {}, []
+    for n in nodes:
+        if n["type"] == "Note":
+            out_nodes[n["id"]] = {"id": n["id"], "type": "Note", "pos": n["pos"], "size": n.get("size", [420, 240]),
+                                  "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
+                                  "properties": {}, "widgets_values": [n["text"]], "color": "#432",
+                                  "bgcolor": "#653", "title": n.get("title", "Note")}
+            continue
+        info = object_info[n["type"]]
+        want = n.get("links", {})
+        inputs, values = [], []
+        for name, spec in _all_inputs(info):
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            t = spec[0]
+            tname = "COMBO" if isinstance(t, list) else t
+            if is_widget(spec):
+                v = n.get("widgets", {}).get(name, _default(spec))
+                values.append(v)
+                if has_control(name, spec):
+                    values.append(n.get("control", "fixed"))
+                if opts.get("image_upload"):
+                    values.append("image")
+                if name in want:
+                    inputs.append({"name": name, "type": tname, "widget": {"name": name}, "link": None})
+            else:
+                entry = {"name": name, "type": tname, "link": None}
+                if name in info["input"].get("optional", {}):
+                    entry["shape"] = 7
+                inputs.append(entry)
+        unknown = set(want) - {i["name"] for i in inputs}
+        if unknown:
+            raise ValueError(f"node {n['id']} ({n['type']}): unknown linked inputs {sorted(unknown)}")
+        outputs = [{"name": info["output_name"][i], "type": info["output"][i], "links": [], "slot_index": i}
+                   for i in range(len(info["output"]))]
+        node = {"id": n["id"], "type": n["type"], "pos": n["pos"], "size": n.get("size", [320, 160]),
+                "flags": {}, "order": 0, "mode": 0, "inputs": inputs, "outputs": outputs,
+                "properties": {"Node name for S&R": n["type"]}, "widgets_values": values}
+        if n.get("title"):
+            node["title"] = n["title"]
+        out_nodes[n["id"]] = node
+    lid = 0
+    for n in nodes:
+        for name, (src, slot) in n.get("links", {}).items():
+            lid += 1
+            dst = out_nodes[n["id"]]
+            dslot = next(i for i, inp in enumerate(dst["inputs"]) if inp["name"] == name)
+            so = out_nodes[src]["outputs"][slot]
+            links.append([lid, src, slot, n["id"], dslot, so["type"]])
+            dst["inputs"][dslot]["link"] = lid
+            so["links"].append(lid)
+    # execution order (topological) for the 'order' field
+    done, order = set(), []
+
+    def visit(i):
+        if i in done:
+            return
+        for src, _ in by_id[i].get("links", {}).values():
+            visit(src)
+        done.add(i)
+        order.append(i)
+
+    for n in nodes:
+        visit(n["id"])
+    for k, i in enumerate(order):
+        out_nodes[i]["order"] = k
+    return {"id": wid, "revision": 0, "last_node_id": max(out_nodes), "last_link_id": lid,
+            "nodes": [out_nodes[n["id"]] for n in nodes], "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4}
+
+
+def tiny_graph(frames: int, window: int, overlap: int, steps: int, prefix: str, note: str) -> list:
+    return [
+        {"id": 1, "type": "IMAnimationPuppetExample", "pos": [0, 0], "size": [320, 230],
+         "widgets": {"seed": 3, "frames": frames, "width": 128, "height": 128, "motion": "any", "fps": 16.0}},
+        {"id": 2, "type": "IMAnimationLoadModels", "pos": [0, 290], "size": [320, 130],
+         "widgets": {"bundle": TINY_BUNDLE, "dtype": "auto", "device": "auto"}},
+        {"id": 3, "type": "UNETLoader", "pos": [0, 460], "size": [320, 90],
+         "widgets": {"unet_name": TINY_DIT, "weight_dtype": "default"}},
+        {"id": 4, "type": "VAELoader", "pos": [0, 590], "size": [320, 60], "widgets": {"vae_name": TINY_VAE}},
+        {"id": 5, "type": "IMAnimationEncodeMotion", "pos": [380, 0], "size": [300, 100],
+         "widgets": {"batch_size": 8}, "links": {"models": (2, 0), "driving": (1, 1)}},
+        {"id": 6, "type": "IMAnimationRetarget", "pos": [380, 160], "size": [300, 250],
+         "widgets": {"width": 128, "height": 128, "fit": "pad", "frame_chunk": 16},
+         "links": {"models": (2, 0), "identity": (1, 0), "vae": (4, 0), "motion_tokens": (5, 0)}},
+        {"id": 7, "type": "IMAnimationSampler", "pos": [740, 0], "size": [320, 380],
+         "widgets": {"seed": 0, "steps": steps, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                     "shift": 5.0, "denoise": 1.0, "window": window, "overlap": overlap},
+         "links": {"model": (3, 0), "retargeted_motion": (6, 0)}},
+        {"id": 8, "type": "VAEDecode", "pos": [1110, 0], "size": [210, 50], "links": {"samples": (7, 0), "vae": (4, 0)}},
+        {"id": 9, "type": "ImageFromBatch", "pos": [1110, 100], "size": [260, 100],
+         "widgets": {"batch_index": 0, "length": frames}, "links": {"image": (8, 0), "length": (7, 1)}},
+        {"id": 10, "type": "CreateVideo", "pos": [1110, 250], "size": [260, 80],
+         "widgets": {"fps": 16.0}, "links": {"images": (9, 0), "fps": (1, 3)}},
+        {"id": 11, "type": "SaveVideo", "pos": [1420, 0], "size": [360, 360],
+         "widgets": {"filename_prefix": prefix, "format": "auto", "codec": "auto"}, "links": {"video": (10, 0)}},
+        {"id": 12, "type": "PreviewImage", "pos": [740, 440], "size": [300, 300], "title": "Driving pose (decoded)",
+         "links": {"images": (5, 1)}},
+        {"id": 13, "type": "PreviewImage", "pos": [1110, 400], "size": [300, 300], "title": "Retargeted pose",
+         "links": {"images": (6, 1)}},
+        {"id": 14, "type": "Note", "pos": [0, 700], "size": [680, 200], "title": "About this workflow", "text": note},
+    ]
+
+
+def tiny_note(extra: str) -> str:
+    return (f"{extra}\n\nRuns on a CPU with no download: the embedded tiny IM-Animation model (trained on the puppet "
+            f"world) is listed in the stock loaders:\n- Load Diffusion Model: {TINY_DIT} "
+            f"(imanim_core/weights/diffusion_models)\n- Load VAE: {TINY_VAE} (imanim_core/weights/vae)\n"
+            f"- Load IM-Animation Models: {TINY_BUNDLE} (imanim_core/weights/im_animation)\n"
+            f"The Puppet Example gives a character and a driving video of a different body; its ground_truth "
+            f"output is the exact target. The tiny model works at 128x128, 16 fps (as trained); the same "
+            f"settings in `python -m imanim_core animate` give the same video.\n\n{FRAME_NOTE}")
+
+
+def wan_graph() -> list:
+    neg = ("bright colors, overexposed, static, blurred details, subtitles, worst quality, low quality, JPEG "
+           "artifacts, ugly, deformed, extra fingers, poorly drawn hands, poorly drawn face, fused fingers, "
+           "messy background, three legs, walking backwards")
+    note = (
+        "Model files (download them once; this workflow downloads nothing):\n"
+        "- models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors  (Wan 2.1 T2V 1.3B, e.g. from "
+        "Comfy-Org/Wan_2.1_ComfyUI_repackaged, split_files/diffusion_models)\n"
+        "- models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors  (umT5-XXL text encoder, split_files/"
+        "text_encoders)\n"
+        "- models/vae/wan_2.1_vae.safetensors  (Wan 2.1 VAE, split_files/vae)\n"
+        "- models/im_animation/im_animation_wan2.1_t2v_1.3b.safetensors  (an IM-Animation bundle trained for Wan "
+        "2.1 1.3B with `python -m imanim_core train stage1|stage2|stage3`; its injector must be 1536 wide). The "
+        "authors' released motion_encoder_latest.safetensors (also in models/im_animation) only encodes motion "
+        "tokens.\n"
+        "- input/character.png (your character) and input/dance.mp4 (the driving video, ideally 16 fps).\n\n"
+        "Output: 832x480. Long driving videos are sampled as overlapping windows of 81 frames. "
+        + FRAME_NOTE)
+    return [
+        {"id": 1, "type": "LoadImage", "pos": [0, 0], "size": [320, 320], "title": "Character (identity)",
+         "widgets": {"image": "character.png"}},
+        {"id": 2, "type": "LoadVideo", "pos": [0, 380], "size": [320, 320], "title": "Driving video",
+         "widgets": {"file": "dance.mp4"}},
+        {"id": 3, "type": "GetVideoComponents", "pos": [0, 740], "size": [260, 80], "links": {"video": (2, 0)}},
+        {"id": 4, "type": "IMAnimationLoadModels", "pos": [380, 0], "size": [340, 130],
+         "widgets": {"bundle": "im_animation_wan2.1_t2v_1.3b.safetensors", "dtype": "auto", "device": "auto"}},
+        {"id": 5, "type": "UNETLoader", "pos": [380, 180], "size": [340, 90],
+         "widgets": {"unet_name": "wan2.1_t2v_1.3B_fp16.safetensors", "weight_dtype": "default"}},
+        {"id": 6, "type": "CLIPLoader", "pos": [380, 310], "size": [340, 110],
+         "widgets": {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan", "device": "default"}},
+        {"id": 7, "type": "CLIPTextEncode", "pos": [380, 460], "size": [340, 140], "title": "Positive",
+         "widgets": {"text": "a character dancing, smooth natural motion, high quality"}, "links": {"clip": (6, 0)}},
+        {"id": 8, "type": "CLIPTextEncode", "pos": [380, 640], "size": [340, 140], "title": "Negative",
+         "widgets": {"text": neg}, "links": {"clip": (6, 0)}},
+        {"id": 9, "type": "VAELoader", "pos": [380, 820], "size": [340, 60],
+         "widgets": {"vae_name": "wan_2.1_vae.safetensors"}},
+        {"id": 10, "type": "IMAnimationEncodeMotion", "pos": [780, 0], "size": [300, 100],
+         "widgets": {"batch_size": 8}, "links": {"models": (4, 0), "driving": (3, 0)}},
+        {"id": 11, "type": "IMAnimationRetarget", "pos": [780, 160], "size": [300, 250],
+         "widgets": {"width": 832, "height": 480, "fit": "pad", "frame_chunk": 8},
+         "links": {"models": (4, 0), "identity": (1, 0), "vae": (9, 0), "motion_tokens": (10, 0)}},
+        {"id": 12, "type": "IMAnimationSampler", "pos": [1140, 0], "size": [320, 420],
+         "widgets": {"seed": 0, "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
+                     "shift": 5.0, "denoise": 1.0, "window": 81, "overlap": 16},
+         "links": {"model": (5, 0), "retargeted_motion": (11, 0), "positive": (7, 0), "negative": (8, 0)}},
+        {"id": 13, "type": "VAEDecode", "pos": [1510, 0], "size": [210, 50], "links": {"samples": (12, 0), "vae": (9, 0)}},
+        {"id": 14, "type": "ImageFromBatch", "pos": [1510, 100], "size": [260, 100],
+         "widgets": {"batch_index": 0, "length": 81}, "links": {"image": (13, 0), "length": (12, 1)}},
+        {"id": 15, "type": "CreateVideo", "pos": [1510, 250], "size": [260, 80],
+         "widgets": {"fps": 16.0}, "links": {"images": (14, 0), "fps": (3, 2)}},
+        {"id": 16, "type": "SaveVideo", "pos": [1820, 0], "size": [400, 400],
+         "widgets": {"filename_prefix": "im_animation/wan21_1.3b", "format": "auto", "codec": "auto"},
+         "links": {"video": (15, 0)}},
+        {"id": 17, "type": "PreviewImage", "pos": [1140, 480], "size": [300, 300], "title": "Driving pose (decoded)",
+         "links": {"images": (10, 1)}},
+        {"id": 18, "type": "PreviewImage", "pos": [1510, 400], "size": [300, 300], "title": "Retargeted pose",
+         "links": {"images": (11, 1)}},
+        {"id": 19, "type": "Note", "pos": [0, 880], "size": [720, 330], "title": "Model files and folders",
+         "text": note},
+    ]
+
+
+WORKFLOWS = {
+    "tiny_puppet_demo.json": lambda: tiny_graph(
+        17, 81, 16, 20, "im_animation/tiny_puppet_demo",
+        tiny_note("Tiny puppet demo: the character from the Puppet Example re-enacts the driver's motion.")),
+    "long_video_windows.json": lambda: tiny_graph(
+        33, 17, 8, 20, "im_animation/long_video_windows",
+        tiny_note("Long video: 33 frames (9 latent frames) sampled as 3 overlapping windows of 17 frames (5 latent "
+                  "frames) sharing at least 8 frames (2 latent frames; the last window is aligned to the end), "
+                  "blended at every step. For Wan 2.1 use window 81 and overlap 16.")),
+    "wan21_1.3b.json": wan_graph,
+}
+
+
+def main():
+    oi = json.load(open(sys.argv[1]))
+    out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(REPO, "workflows")
+    os.makedirs(out, exist_ok=True)
+    for i, (name, make) in enumerate(sorted(WORKFLOWS.items())):
+        wf = build(make(), oi, f"1a2b3c4d-0000-4000-8000-00000000000{i}")
+        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
+            json.dump(wf, f, indent=1)
+            f.write("\n")
+        print("wrote", os.path.join(out, name))
+
+
+if __name__ == "__main__":
+    main()

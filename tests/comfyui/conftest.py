@@ -1,0 +1,85 @@
+"""A real ComfyUI, headless, for the node tests.
+
+- ComfyUI is found at ``$COMFYUI_PATH`` or ``~/comfy/ComfyUI`` (>= 0.8); otherwise every test here is skipped
+  with the reason. Its Python is ``$COMFYUI_PYTHON``, else the repo's ``.venv-comfyui`` (scripts/setup.sh --dev),
+  else this interpreter.
+- ONE server per session: ``launch.py`` runs ComfyUI's ``main.py --cpu`` on a free localhost port with
+  ``--base-directory`` pointing at a temp dir whose ``custom_nodes/`` holds a symlink to this repo, so the
+  ComfyUI checkout is never modified. The temp ``models/`` gets random tiny weights (``make_models.py``). The
+  server is always terminated at the end; its log is printed when it fails to start.
+- The server and helper processes run torch on one thread unless OMP_NUM_THREADS is set: the tiny models are
+  fastest that way, and on a shared CPU more threads spin-wait against other jobs (10x slower steps were seen).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (HERE, MIN_VERSION, REPO, START_TIMEOUT, Client, _free_port, _version,  # noqa: E402
+                     comfy_dir, comfy_python, subprocess_env, tail)
+
+
+@pytest.fixture(scope="session")
+def comfyui_path() -> Path:
+    d = comfy_dir()
+    if not (d / "main.py").is_file():
+        pytest.skip(f"tests/comfyui: no ComfyUI checkout at {d} (set COMFYUI_PATH to a ComfyUI >= 0.8 checkout)")
+    v = _version(d)
+    if v is None or v < MIN_VERSION:
+        pytest.skip(f"tests/comfyui: ComfyUI at {d} is version {v}, these tests need >= 0.8.0")
+    return d
+
+
+@pytest.fixture(scope="session")
+def base_dir(comfyui_path, tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("comfyui_base")
+    (base / "custom_nodes").mkdir()
+    os.symlink(REPO, base / "custom_nodes" / "comfyui-im-animation", target_is_directory=True)
+    return base
+
+
+@pytest.fixture(scope="session")
+def model_files(base_dir, comfyui_path) -> dict:
+    """Random tiny weights written into the server's models folder (see make_models.py)."""
+    r = subprocess.run([comfy_python(), str(HERE / "make_models.py"), str(base_dir / "models"), str(comfyui_path)],
+                       capture_output=True, text=True, timeout=600, env=subprocess_env())
+    assert r.returncode == 0, f"make_models.py failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def server(comfyui_path, base_dir, model_files):
+    port = _free_port()
+    log = base_dir / "comfyui.log"
+    cmd = [comfy_python(), str(HERE / "launch.py"), str(comfyui_path), "--cpu", "--listen", "127.0.0.1",
+           "--port", str(port), "--base-directory", str(base_dir), "--disable-api-nodes",
+           "--preview-method", "none", "--disable-auto-launch"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=str(comfyui_path),
+                                start_new_session=True, env=subprocess_env())
+    client = Client(f"http://127.0.0.1:{port}", base_dir, proc, log)
+    try:
+        t0 = time.time()
+        while not client.alive():
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited during start-up (code {proc.returncode}):\n{tail(log)}")
+            if time.time() - t0 > START_TIMEOUT:
+                pytest.fail(f"ComfyUI did not serve within {START_TIMEOUT}s:\n{tail(log)}")
+            time.sleep(0.5)
+        client.start_seconds = time.time() - t0
+        yield client
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)

@@ -1,0 +1,116 @@
+"""Helpers of the ComfyUI test harness: where ComfyUI and its Python are, a small HTTP client."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+MIN_VERSION = (0, 8, 0)
+START_TIMEOUT = 240
+
+
+def comfy_dir() -> Path:
+    return Path(os.environ.get("COMFYUI_PATH") or "~/comfy/ComfyUI").expanduser()
+
+
+def comfy_python() -> str:
+    if os.environ.get("COMFYUI_PYTHON"):
+        return os.environ["COMFYUI_PYTHON"]
+    venv = REPO / ".venv-comfyui" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def subprocess_env() -> dict:
+    """Environment of the server and helper processes: one torch thread unless OMP_NUM_THREADS is set."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _version(d: Path):
+    try:
+        m = re.search(r'__version__\s*=\s*"([0-9.]+)"', (d / "comfyui_version.py").read_text())
+        return tuple(int(x) for x in m.group(1).split("."))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    def __init__(self, url: str, base: Path, proc: subprocess.Popen, log: Path):
+        self.url, self.base, self.proc, self.log = url, base, proc, log
+        self._object_info = None
+
+    def get(self, path: str, timeout: float = 30):
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return json.load(r)
+
+    def post(self, path: str, data=None, timeout: float = 30):
+        req = urllib.request.Request(self.url + path, data=json.dumps(data or {}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                body = r.read()
+                return r.status, (json.loads(body) if body else None)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    @property
+    def object_info(self) -> dict:
+        if self._object_info is None:
+            self._object_info = self.get("/object_info", timeout=60)
+        return self._object_info
+
+    def alive(self) -> bool:
+        try:
+            return "IMAnimationSampler" in self.get("/object_info/IMAnimationSampler", timeout=10)
+        except Exception:  # noqa: BLE001
+            return False
+
+    def queue(self, prompt: dict) -> str:
+        status, body = self.post("/prompt", {"prompt": prompt})
+        assert status == 200, f"/prompt refused the prompt: {json.dumps(body)[:2000]}"
+        return body["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 240) -> dict:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            h = self.get(f"/history/{prompt_id}")
+            if prompt_id in h:
+                st = h[prompt_id].get("status", {})
+                if st.get("completed") or st.get("status_str") == "error":
+                    return h[prompt_id]
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ComfyUI exited with code {self.proc.returncode}:\n{tail(self.log)}")
+            time.sleep(0.25)
+        raise AssertionError(f"prompt {prompt_id} did not finish in {timeout}s")
+
+    def run(self, prompt: dict, timeout: float = 240) -> tuple:
+        t0 = time.time()
+        h = self.wait(self.queue(prompt), timeout)
+        return h, time.time() - t0
+
+
+def tail(path: Path, n: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def messages(history: dict, kind: str) -> list:
+    return [m[1] for m in history.get("status", {}).get("messages", []) if m[0] == kind]

@@ -1,0 +1,357 @@
+"""The IM-Animation nodes inside a real ComfyUI (see conftest.py for how the server is started).
+
+Workflows come from workflows/*.json (UI format), converted to API prompts with /object_info. Until the tiny
+model is embedded (imanim_core/weights/...), the tiny workflows run on random tiny weights made for the test.
+Results are compared with the standalone pipeline (imanim_core.pipeline, what `python -m imanim_core animate` runs).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import HERE, REPO, comfy_python, messages, subprocess_env  # noqa: E402
+from workflow_api import ui_to_api  # noqa: E402
+
+NODE_IDS = ["IMAnimationLoadModels", "IMAnimationEncodeMotion", "IMAnimationRetarget", "IMAnimationSampler",
+            "IMAnimationSaveMotionTokens", "IMAnimationLoadMotionTokens", "IMAnimationPuppetExample"]
+EMBEDDED = {  # name in the workflows -> (model folder, key in model_files)
+    "imanim_tiny.safetensors": ("im_animation", "bundle"),
+    "imanim_tiny_dit.safetensors": ("diffusion_models", "dit"),
+    "imanim_tiny_vae.safetensors": ("vae", "vae"),
+}
+LATENT_TOL = 1e-4  # max |ComfyUI latent - standalone latent| after sampling (fp32; measured ~5e-6 on a scale ~12)
+FRAME_TOL = 3  # max uint8 difference of the decoded frames (ComfyUI's VAE vs diffusers', truncation vs rounding)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def embedded_present() -> bool:
+    return all((REPO / "imanim_core" / "weights" / folder / name).is_file() for name, (folder, _) in EMBEDDED.items())
+
+
+def weights(model_files) -> dict:
+    """Which files the tiny workflows use: the embedded tiny model when shipped, else the random test weights."""
+    if embedded_present():
+        return {key: str(REPO / "imanim_core" / "weights" / folder / name) for name, (folder, key) in EMBEDDED.items()}
+    return {key: model_files[key] for _, (_, key) in EMBEDDED.items()}
+
+
+def node_of(prompt: dict, class_type: str) -> str:
+    ids = [k for k, v in prompt.items() if v["class_type"] == class_type]
+    assert ids, f"no {class_type} node in the prompt"
+    return ids[0]
+
+
+# the workflows run at 128x128 px and 20 steps (the tiny model's settings); the tests use 64x64 px and 4 steps
+TEST_OVERRIDES = {"IMAnimationPuppetExample": {"width": 64, "height": 64},
+                  "IMAnimationRetarget": {"width": 64, "height": 64}, "IMAnimationSampler": {"steps": 4}}
+
+
+def workflow_prompt(server, model_files, name: str, tag: str) -> dict:
+    wf = json.loads((REPO / "workflows" / name).read_text())
+    p = ui_to_api(wf, server.object_info)
+    for n in p.values():
+        n["inputs"].update(TEST_OVERRIDES.get(n["class_type"], {}))
+    if not embedded_present():
+        sub = {wname: os.path.basename(model_files[key]) for wname, (_, key) in EMBEDDED.items()}
+        for n in p.values():
+            for k, v in n["inputs"].items():
+                if isinstance(v, str) and v in sub:
+                    n["inputs"][k] = sub[v]
+    sampler = node_of(p, "IMAnimationSampler")
+    frames = node_of(p, "ImageFromBatch")
+    p["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": f"latents/{tag}"}}
+    p["901"] = {"class_type": "SaveImage", "inputs": {"images": [frames, 0], "filename_prefix": f"frames/{tag}"}}
+    for n in p.values():  # unique output names per test run
+        if n["class_type"] == "SaveVideo":
+            n["inputs"]["filename_prefix"] = f"video/{tag}"
+    return p
+
+
+def assert_success(h: dict):
+    errs = messages(h, "execution_error")
+    assert h["status"]["status_str"] == "success", json.dumps(errs or h["status"])[:3000]
+
+
+def saved_latent(server, h) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    info = h["outputs"]["900"]["latents"][0]
+    return load_file(str(server.base / "output" / info["subfolder"] / info["filename"]))["latent_tensor"]
+
+
+def saved_frames(server, h) -> np.ndarray:
+    from PIL import Image
+
+    imgs = h["outputs"]["901"]["images"]
+    return np.stack([np.asarray(Image.open(server.base / "output" / i["subfolder"] / i["filename"]).convert("RGB"))
+                     for i in imgs])
+
+
+def saved_video_frames(server, h, prompt) -> np.ndarray:
+    import av
+
+    vid = h["outputs"][node_of(prompt, "SaveVideo")]["images"][0]
+    with av.open(str(server.base / "output" / vid["subfolder"] / vid["filename"])) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def standalone(files: dict, prompt: dict, decode: bool) -> tuple:
+    """The same animation through the standalone pipeline (imanim_core.pipeline: diffusers Wan, ComfyUI's noise,
+    euler + simple sigmas, the same window planner). Returns (latent as a ComfyUI LATENT holds it, i.e. in raw
+    VAE space, uint8 frames or None)."""
+    from imanim_core import pipeline as P
+    from imanim_core.backbone.latents import denormalize
+    from imanim_core.data.puppet import sample_pair
+
+    pz = prompt[node_of(prompt, "IMAnimationPuppetExample")]["inputs"]
+    sp = prompt[node_of(prompt, "IMAnimationSampler")]["inputs"]
+    rt = prompt[node_of(prompt, "IMAnimationRetarget")]["inputs"]
+    fit, size = rt["fit"], (int(rt["height"]), int(rt["width"]))
+    t = int(pz["frames"])
+    pair = sample_pair(int(pz["seed"]), num_frames=t, fps=float(pz["fps"]), size=(int(pz["height"]), int(pz["width"])),
+                       cross_identity=True, family=None if pz["motion"] == "any" else pz["motion"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the server (see conftest.py); restored below
+    try:
+        return _standalone(P, denormalize, files, pair, size, t, sp, fit, decode)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _standalone(P, denormalize, files, pair, size, t, sp, fit, decode):
+    bundle, dit, vae = P.load_models(files["bundle"], files["dit"], files["vae"])
+    kw = dict(steps=int(sp["steps"]), seed=int(sp["seed"]), shift=float(sp["shift"]), window=int(sp["window"]),
+              overlap=int(sp["overlap"]))
+    identity, driving = pair["identity"]["frames"][0], pair["driving"]["frames"]
+    if decode:
+        anim = P.run(identity, driving, bundle, dit, vae, size=size, progress=False, fit=fit, output="grid", **kw)
+        return denormalize(anim.latent), anim.frames
+    image, _ = P.prepare_identity(identity, size, fit)
+    ref = P.encode_identity(vae, image)
+    tokens = P.retarget(bundle, ref, P.encode_motion(bundle, driving))
+    return denormalize(P.sample_latents(dit, bundle.injector, tokens, ref, t, **kw)), None
+
+
+# --------------------------------------------------------------------------------------------------- tests
+def test_object_info_lists_nodes_with_tooltips(server):
+    oi = server.object_info
+    for nid in NODE_IDS:
+        assert nid in oi, f"{nid} missing from /object_info"
+        info = oi[nid]
+        assert info["category"] == "IM-Animation"
+        assert info["description"].strip(), f"{nid} has no description"
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                opts = spec[1] if len(spec) > 1 else {}
+                assert opts.get("tooltip"), f"{nid}.{name} has no tooltip"
+    for custom in ("MOTION_TOKENS", "RETARGETED_MOTION", "IM_ANIMATION_MODELS"):
+        assert any(custom in oi[n]["output"] for n in NODE_IDS), custom
+    # the embedded-model folders are registered with the stock loaders' folders
+    assert "imanim_test_dit.safetensors" in oi["UNETLoader"]["input"]["required"]["unet_name"][0]
+    assert "imanim_test_vae.safetensors" in oi["VAELoader"]["input"]["required"]["vae_name"][0]
+    tmpl = server.get("/workflow_templates")
+    assert {"tiny_puppet_demo", "long_video_windows", "wan21_1.3b"} <= set(tmpl.get("comfyui-im-animation", []))
+
+
+@pytest.fixture(scope="module")
+def demo_run(server, model_files):
+    p = workflow_prompt(server, model_files, "tiny_puppet_demo.json", "demo")
+    h, secs = server.run(p)
+    return p, h, secs
+
+
+def _check_video(server, model_files, p, h, secs, label, decode):
+    assert_success(h)
+    t = int(p[node_of(p, "IMAnimationPuppetExample")]["inputs"]["frames"])
+    rt = p[node_of(p, "IMAnimationRetarget")]["inputs"]
+    hh, ww = int(rt["height"]), int(rt["width"])
+    frames = saved_frames(server, h)
+    assert frames.shape == (t, hh, ww, 3)
+    assert frames.std() > 5 and np.abs(np.diff(frames.astype(np.float32), axis=0)).mean() > 0.1, "blank / frozen"
+    video = saved_video_frames(server, h, p)
+    assert video.shape[0] == t
+    lat = saved_latent(server, h)
+    ref, ref_frames = standalone(weights(model_files), p, decode)
+    diff = float((lat - ref).abs().max())
+    msg = (f"\n{label}: {secs:.1f}s in ComfyUI, {t} frames {ww}x{hh}, latent {tuple(lat.shape)}, "
+           f"max |ComfyUI - standalone| latent {diff:.2e} (scale {float(ref.abs().max()):.2f})")
+    if ref_frames is not None:
+        fd = np.abs(frames.astype(np.int16) - ref_frames.astype(np.int16))
+        msg += f", frames max {int(fd.max())}/255 mean {fd.mean():.3f}"
+    print(msg)
+    assert lat.shape == ref.shape
+    assert diff < LATENT_TOL, f"ComfyUI and the standalone pipeline's latents differ by {diff}"
+    if ref_frames is not None:  # ComfyUI's SaveImage truncates to uint8, the pipeline rounds: 1 level + VAE noise
+        assert ref_frames.shape == frames.shape
+        assert fd.max() <= FRAME_TOL, f"frames differ by up to {fd.max()} levels"
+
+
+def test_tiny_puppet_demo_workflow(server, model_files, demo_run):
+    p, h, secs = demo_run
+    _check_video(server, model_files, p, h, secs, "tiny_puppet_demo", decode=True)
+    text = h["outputs"][node_of(p, "IMAnimationSampler")]["text"][0]
+    assert "1 window" in text
+
+
+def test_long_video_windows_workflow(server, model_files):
+    p = workflow_prompt(server, model_files, "long_video_windows.json", "long")
+    h, secs = server.run(p)
+    _check_video(server, model_files, p, h, secs, "long_video_windows", decode=False)
+    text = h["outputs"][node_of(p, "IMAnimationSampler")]["text"][0]
+    assert "3 window(s)" in text, text  # 33 frames = 9 latent frames, windows [0,5) [3,8) [4,9)
+
+
+def upstream_of(prompt: dict, node_id: str) -> dict:
+    """The sub-prompt that ``node_id`` needs (itself and everything it links from)."""
+    keep, todo = set(), [node_id]
+    while todo:
+        n = todo.pop()
+        if n in keep:
+            continue
+        keep.add(n)
+        todo += [v[0] for v in prompt[n]["inputs"].values() if isinstance(v, list) and len(v) == 2]
+    return {k: copy.deepcopy(v) for k, v in prompt.items() if k in keep}
+
+
+def test_interrupt_mid_sampling_then_next_prompt_runs(server, demo_run):
+    p0 = demo_run[0]
+    sampler = node_of(p0, "IMAnimationSampler")
+    p = upstream_of(p0, "900")  # puppet -> models -> encode -> retarget -> sampler -> SaveLatent
+    p["900"]["inputs"]["filename_prefix"] = "latents/interrupt"
+    p[sampler]["inputs"]["steps"] = 1
+    assert_success(server.run(p)[0])  # caches everything upstream of the sampler
+    p[sampler]["inputs"]["steps"] = 5000  # now only sampling runs
+    pid = server.queue(p)
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        q = server.get("/queue")
+        if any(item[1] == pid for item in q.get("queue_running", [])):
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)
+    status, _ = server.post("/interrupt")
+    assert status == 200
+    h = server.wait(pid, timeout=120)
+    assert time.time() - t0 < 100
+    inter = messages(h, "execution_interrupted")
+    assert inter, f"not interrupted: {json.dumps(h['status'])[:2000]}"
+    assert inter[0]["node_id"] == sampler, inter
+    # the next prompt runs normally
+    p[sampler]["inputs"].update(seed=7, steps=2)
+    assert_success(server.run(p)[0])
+
+
+def test_retarget_default_size_follows_the_pipeline(server, demo_run):
+    """width = height = 0: the standalone pipeline's default size (128x128 for a tiny model); one 0: aspect."""
+    p0 = demo_run[0]
+    rt = node_of(p0, "IMAnimationRetarget")
+    for (w, h), want in (((0, 0), "128x128"), ((96, 0), "96x96")):
+        p = upstream_of(p0, rt)
+        p[rt]["inputs"].update(width=w, height=h)
+        p["970"] = {"class_type": "PreviewImage", "inputs": {"images": [rt, 1]}}
+        hist, _ = server.run(p)
+        assert_success(hist)
+        assert f"to a {want} identity" in hist["outputs"][rt]["text"][0], hist["outputs"][rt]
+
+
+BAD_CASES = {
+    # a Wan MODEL of another width than the bundle's injector (stands in for "not the right Wan model")
+    "model_width": ("IMAnimationSampler", "model:", lambda p, mf: p[node_of(p, "UNETLoader")]["inputs"].update(
+        unet_name=os.path.basename(mf["dit_w128"]))),
+    # a VAE of another kind (TAESD, 4 latent channels)
+    "vae_kind": ("IMAnimationRetarget", "vae:", lambda p, mf: p.update({"950": {
+        "class_type": "VAELoader", "inputs": {"vae_name": os.path.basename(mf["taesd"])}}}) or
+        p[node_of(p, "IMAnimationRetarget")]["inputs"].update(vae=["950", 0])),
+    # identity frames smaller than one 16 px grid cell
+    "tiny_identity": ("IMAnimationRetarget", "identity:", lambda p, mf: p.update({"951": {
+        "class_type": "ImageScale", "inputs": {"image": [node_of(p, "IMAnimationPuppetExample"), 0],
+                                               "upscale_method": "nearest-exact", "width": 8, "height": 8,
+                                               "crop": "disabled"}}}) or
+        p[node_of(p, "IMAnimationRetarget")]["inputs"].update(identity=["951", 0])),
+    # motion tokens from one bundle, retargeter of a bundle with another tokenizer config
+    "other_bundle": ("IMAnimationRetarget", "motion_tokens:", lambda p, mf: p.update({"952": {
+        "class_type": "IMAnimationLoadModels", "inputs": {"bundle": os.path.basename(mf["bundle_othertok"]),
+                                                          "dtype": "auto", "device": "auto"}}}) or
+        p[node_of(p, "IMAnimationRetarget")]["inputs"].update(models=["952", 0])),
+    # an encoder-only bundle (like the released motion encoder) cannot retarget
+    "encoder_only": ("IMAnimationRetarget", "models:", lambda p, mf: p.update({"953": {
+        "class_type": "IMAnimationLoadModels", "inputs": {"bundle": os.path.basename(mf["tokenizer_only"]),
+                                                          "dtype": "auto", "device": "auto"}}}) or
+        p[node_of(p, "IMAnimationRetarget")]["inputs"].update(models=["953", 0]) or
+        p[node_of(p, "IMAnimationEncodeMotion")]["inputs"].update(models=["953", 0])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_inputs_are_node_errors(server, model_files, demo_run, case):
+    node_type, needle, edit = BAD_CASES[case]
+    p = copy.deepcopy(demo_run[0])
+    edit(p, model_files)
+    h, _ = server.run(p)
+    errs = messages(h, "execution_error")
+    assert h["status"]["status_str"] == "error" and errs, json.dumps(h["status"])[:2000]
+    e = errs[0]
+    assert e["node_type"] == node_type, e
+    assert needle in e["exception_message"], e["exception_message"]
+    assert "Error" in e["exception_type"], e["exception_type"]
+    assert server.alive(), "the server stopped serving"
+    if case == "encoder_only":  # encoding itself works, with a preview that says there is no pose decoder
+        text = h["outputs"][node_of(p, "IMAnimationEncodeMotion")]["text"][0]
+        assert "no motion decoder" in text, text
+
+
+def test_save_and_load_motion_tokens(server, demo_run):
+    p0 = demo_run[0]
+    enc = node_of(p0, "IMAnimationEncodeMotion")
+    p = {k: v for k, v in copy.deepcopy(p0).items() if k in (enc, node_of(p0, "IMAnimationPuppetExample"),
+                                                               node_of(p0, "IMAnimationLoadModels"))}
+    p["960"] = {"class_type": "IMAnimationSaveMotionTokens",
+                "inputs": {"motion_tokens": [enc, 0], "filename_prefix": "im_animation_motion/test"}}
+    h, _ = server.run(p)
+    assert_success(h)
+    saved = list((server.base / "output" / "im_animation_motion").glob("test_*.safetensors"))
+    assert len(saved) == 1
+    server._object_info = None  # the Load node's file list changes
+    opts = server.object_info["IMAnimationLoadMotionTokens"]["input"]["required"]["file"][1]["options"]
+    assert saved[0].name in opts
+    h2, _ = server.run({"1": {"class_type": "IMAnimationLoadMotionTokens", "inputs": {"file": saved[0].name}},
+                        "2": {"class_type": "IMAnimationSaveMotionTokens",
+                              "inputs": {"motion_tokens": ["1", 0], "filename_prefix": "im_animation_motion/again"}}})
+    assert_success(h2)
+    assert h2["outputs"]["1"]["text"][0].endswith(": 17 frames")
+
+
+def test_wan21_workflow_only_misses_model_files(server):
+    wf = json.loads((REPO / "workflows" / "wan21_1.3b.json").read_text())
+    p = ui_to_api(wf, server.object_info)
+    status, body = server.post("/prompt", {"prompt": p})
+    assert status == 400, body
+    errors = body.get("node_errors", {})
+    assert errors, body
+    allowed = {"LoadImage", "LoadVideo", "IMAnimationLoadModels", "UNETLoader", "CLIPLoader", "VAELoader"}
+    for ne in errors.values():
+        assert ne["class_type"] in allowed, ne
+        for e in ne["errors"]:
+            assert e["type"] in ("value_not_in_list", "custom_validation_failed"), e
+
+
+def test_denoiser_parity_with_diffusers(comfyui_path, model_files):
+    """ComfyUI MODEL + the sampler's patch vs imanim_core.backbone.flow.denoise_once, same weights, fp32."""
+    r = subprocess.run([comfy_python(), str(HERE / "parity_check.py"), str(comfyui_path), model_files["dit"],
+                        model_files["bundle"]], capture_output=True, text=True, timeout=600, env=subprocess_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    print("\nparity:", res)
+    assert res["motion_effect"] > 1e-2, res  # the motion really changes the output
+    assert res["single"] < 1e-5 and res["windowed"] < 1e-5, res
+    assert res["windowed_windows"] == 2
