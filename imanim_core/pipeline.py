@@ -198,7 +198,7 @@ def to_float_image(image, where: str = "identity") -> torch.Tensor:
 def fit_image(image: torch.Tensor, height: int, width: int, mode: str = "pad") -> tuple:
     """``[B, H, W, 3]`` float -> (``[B, height, width, 3]``, :class:`Letterbox`).
 
-    Same maths as the Retarget node's ``fit`` (``nodes/common.fit_image``): ``'pad'`` scales to fit inside
+    The one implementation, used by ``animate`` and by the Retarget to Identity node: ``'pad'`` scales to fit inside
     (antialiased bilinear), centres, and fills the rest by repeating the edge pixels; ``'crop'`` scales to
     cover and centre-crops; ``'stretch'`` resizes to the grid."""
     if mode not in FIT_MODES:
