@@ -1,0 +1,97 @@
+"""Stage ``vae`` (tiny preset only): the tiny Wan 2.1 VAE (``backbone`` preset 'tiny') on puppet clips, or on a
+video folder with ``--data``.
+
+Clips of ``num_frames`` = 1 + 4n frames (default 5) at ``height x width`` (default 128 x 128), values in [-1, 1].
+Loss: ``L1(reconstruction, clip) + kl_weight * KL``, where the KL is taken for the **normalised** posterior
+(``(mu - mean_c) / std_c``, ``sigma / std_c`` with the Wan 2.1 channel statistics of ``backbone.latents``) against
+N(0, 1). Every host normalises this VAE's latents with the Wan 2.1 statistics, so this term is what makes the
+normalised latents the DiT sees roughly unit-scaled. Logged: ``l1``, ``kl``, ``psnr`` (dB) and ``latent_std``
+(std of the normalised posterior means; ~1 is what the DiT expects).
+
+``--init``: a VAE file or a `train vae` run directory to continue from. Export: ``DIR/export/vae.safetensors``
+(original Wan layout, loadable by ``backbone.load_vae`` and ComfyUI's stock VAE loader).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError, IMAnimError
+from .common import Stage, write_manifest
+from .data import CLIP_FPS, clip_batch, make_source
+
+
+class VAEModule(nn.Module):
+    def __init__(self, vae, kl_weight: float):
+        super().__init__()
+        self.vae = vae
+        self.kl_weight = kl_weight
+
+    def forward(self, batch):
+        from ..backbone.latents import latent_stats
+
+        x = batch["video"]
+        post = self.vae.encode(x).latent_dist
+        z = post.sample()
+        rec = self.vae.decode(z).sample
+        l1 = (rec.float() - x.float()).abs().mean()
+        mean, std = latent_stats(5, x.device, torch.float32)
+        mu_n = (post.mean.float() - mean) / std
+        var_n = post.var.float() / (std * std)
+        kl = 0.5 * (mu_n.pow(2) + var_n - 1.0 - torch.log(var_n.clamp_min(1e-12))).mean()
+        loss = l1 + self.kl_weight * kl
+        with torch.no_grad():
+            mse = (rec.float() - x.float()).pow(2).mean().clamp_min(1e-10)
+            psnr = 10.0 * torch.log10(4.0 / mse)
+        return loss, {"l1": l1.detach(), "kl": kl.detach(), "psnr": psnr, "latent_std": mu_n.detach().std()}
+
+
+class VAEStage(Stage):
+    name = "vae"
+
+    def build(self) -> nn.Module:
+        from ..backbone.wan import build_vae, load_vae
+
+        cfg = self.cfg
+        if cfg.init:
+            p = Path(cfg.init)
+            if p.is_dir():
+                p = p / "export" / "vae.safetensors"
+            if not p.is_file():
+                raise CheckpointError(f"--init {cfg.init!r}: expected a VAE file or a `train vae` run directory")
+            vae = build_vae(cfg.vae_preset) if self.dry else load_vae(p)
+        else:
+            vae = build_vae(cfg.vae_preset)
+        vae.train()
+        if not self.dry:
+            vae.to(self.device)
+            self.source = make_source(cfg, 1, cfg.num_frames, fps=CLIP_FPS)
+        return VAEModule(vae, cfg.kl_weight)
+
+    def param_groups(self) -> list:
+        return [{"name": "vae", "params": [p for p in self.module.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
+    def describe(self) -> str:
+        c = self.cfg
+        return (f"stage vae: trains the whole tiny Wan 2.1 VAE on {c.num_frames}-frame clips at {c.height}x{c.width} "
+                f"(L1 + {c.kl_weight:g} x KL of the normalised posterior)")
+
+    def load_batch(self, gen, sample_offset):
+        b = clip_batch(self.source, sample_offset, self.cfg.batch_size)
+        video = b["frames"].permute(0, 4, 1, 2, 3).contiguous() * 2.0 - 1.0  # [B,3,T,H,W] in [-1,1]
+        t = video.shape[2]
+        if (t - 1) % 4:
+            raise IMAnimError(f"train vae: clips must have 4n+1 frames, the data gave {t}")
+        return {"video": video}
+
+    def export(self, module, export_dir: Path) -> dict:
+        from ..backbone.wan import save_vae
+
+        path = save_vae(module.vae, Path(export_dir) / "vae.safetensors")
+        man = write_manifest(export_dir, {"stage": "vae", "step": self.step, "vae": str(Path(path).resolve())})
+        return {"vae": path, "manifest": man}
+
+
+__all__ = ["VAEStage", "VAEModule"]

@@ -1,0 +1,320 @@
+"""Training stages (imanim_core.train): losses fall on a fixed batch, exact resume, Ctrl-C, two processes, exports.
+
+Everything runs the tiny preset at the smallest sizes (32x32 video, 5-frame clips, batch 1-4) so the whole file
+stays well under two minutes on two CPU cores.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from imanim_core.errors import IMAnimError
+from imanim_core.train.cli import stage_class
+from imanim_core.train.common import list_checkpoints, run_training
+from imanim_core.train.config import resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(height=32, width=32, warmup_steps=0, lr_schedule="constant", log_every=1, ckpt_every=1000,
+             text_len=4)
+STAGE_SMALL = {
+    "vae": dict(num_frames=5, batch_size=1, lr=2e-3),
+    "stage1": dict(batch_size=4, lr=2e-3),
+    "stage2": dict(num_frames=5, batch_size=1, lr=1e-3, vae="random", cross_identity_prob=0.5),
+    "stage3": dict(num_frames=5, batch_size=1, lr=1e-3, vae="random"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads per process are 5-10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _run(stage, out, resume=False, **over):
+    opts = dict(SMALL, **STAGE_SMALL[stage])
+    opts.update(over)
+    cfg = resolve_config(stage, overrides=dict(opts, out=str(out)))
+    return run_training(cfg, stage_class(stage), resume=resume)
+
+
+def _log(out):
+    with open(Path(out) / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+# ------------------------------------------------------------------------------------------------ losses fall
+@pytest.mark.parametrize("stage,steps", [("vae", 8), ("stage1", 10), ("stage2", 10), ("stage3", 10)])
+def test_loss_falls_on_a_fixed_batch_and_exports_load(stage, steps, tmp_path):
+    out = tmp_path / stage
+    assert _run(stage, out, max_steps=steps, overfit_one_batch=True) == 0
+    losses = [float(r["loss"]) for r in _log(out)]
+    assert len(losses) == steps and all(map(torch.isfinite, torch.tensor(losses)))
+    last = sum(losses[-3:]) / 3
+    assert last < 0.8 * losses[0], f"{stage}: loss did not fall on a fixed batch: {losses}"
+    exp = out / "export"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == steps and summary["processes"] == 1 and not summary["interrupted"]
+    assert list_checkpoints(out)[-1][0] == steps
+
+    from imanim_core.backbone.wan import load_dit, load_vae
+    from imanim_core.models.bundle import load_bundle
+
+    if stage == "vae":
+        vae = load_vae(exp / "vae.safetensors")
+        assert vae.config.z_dim == 16
+        return
+    b = load_bundle(exp / "bundle.safetensors")
+    want = {"stage1": ["tokenizer", "motion_decoder", "joint_head"],
+            "stage2": ["tokenizer", "motion_decoder", "joint_head", "retargeter"],
+            "stage3": ["tokenizer", "motion_decoder", "joint_head", "retargeter", "injector"]}[stage]
+    assert b.config.parts == want
+    if stage == "stage3":
+        dit = load_dit(exp / "dit.safetensors")
+        width = dit.config.num_attention_heads * dit.config.attention_head_dim
+        assert b.config.injector.dit_dim == width
+        assert load_vae(exp / "vae.safetensors").config.z_dim == 16
+        # the exported DiT is the trained one (the last checkpoint holds the same weights)
+        ck = _tensors(list_checkpoints(out)[-1][1] / "model.safetensors")
+        assert torch.equal(dit.state_dict()["proj_out.weight"], ck["dit.proj_out.weight"])
+        # the injector learned something (it starts at exactly zero)
+        assert b.injector.fc2.weight.abs().sum() > 0
+
+
+def test_video_folder_data(tmp_path):
+    """--data: the on-disk video-folder format (written by the puppet writer) for stages 1 and 2."""
+    from imanim_core.data.video_folder import write_puppet_video_folder
+    from imanim_core.train.data import make_source
+
+    data = write_puppet_video_folder(tmp_path / "data", num_clips=2, frames=20, size=(32, 32), layout="frames")
+    assert _run("stage1", tmp_path / "s1", max_steps=2, data=str(data)) == 0
+    assert _run("stage2", tmp_path / "s2", max_steps=2, data=str(data), init=str(tmp_path / "s1")) == 0
+    assert len(_log(tmp_path / "s2")) == 2
+    cfg = resolve_config("stage2", overrides=dict(SMALL, out="x", data=str(data), num_frames=5))
+    src = make_source(cfg, 2, 5)
+    idx = src.indices(0, 6)  # every clip once per epoch, new draws each epoch
+    assert sorted(i % 2 for i in idx[:2]) == [0, 1] and sorted(i % 2 for i in idx[2:4]) == [0, 1]
+    assert len(set(idx)) == 6 and src.indices(2, 3) == idx[2:5]
+
+
+def test_stage_chain_through_init(tmp_path):
+    """vae -> stage1 -> stage2 (--vae) -> stage3 (VAE found through --init) -> the pipeline's loader."""
+    from imanim_core.pipeline import load_models
+    from imanim_core.weights import EmbeddedPaths, install_from_export
+
+    run = {k: tmp_path / k for k in ("vae", "s1", "s2", "s3")}
+    assert _run("vae", run["vae"], max_steps=1) == 0
+    assert _run("stage1", run["s1"], max_steps=1) == 0
+    assert _run("stage2", run["s2"], max_steps=1, init=str(run["s1"]), vae=str(run["vae"])) == 0
+    assert _run("stage3", run["s3"], max_steps=1, init=str(run["s2"]), vae=None) == 0
+    exp = run["s3"] / "export"
+    assert (exp / "vae.safetensors").read_bytes() == (run["vae"] / "export" / "vae.safetensors").read_bytes()
+    man = json.loads((exp / "manifest.json").read_text())
+    assert man["stage"] == "stage3" and man["dit_training"] == "full" and man["step"] == 1
+    s1 = _tensors(run["s1"] / "export" / "bundle.safetensors")
+    s3 = _tensors(exp / "bundle.safetensors")
+    # stage 3 keeps the codebook and the joint head of stages 1-2 (frozen)
+    assert torch.equal(s1["tokenizer.quantize.embedding.weight"], s3["tokenizer.quantize.embedding.weight"])
+    dest = EmbeddedPaths(dit=tmp_path / "w" / "dit.safetensors", vae=tmp_path / "w" / "vae.safetensors",
+                         bundle=tmp_path / "w" / "bundle.safetensors")
+    install_from_export(exp, dest)
+    bundle, dit, vae = load_models(str(dest.bundle), str(dest.dit), str(dest.vae))
+    assert bundle.injector is not None and dit.config.num_layers >= 1 and vae.config.z_dim == 16
+
+
+# ------------------------------------------------------------------------------------------------ resume
+@pytest.mark.parametrize("stage,opts", [
+    ("stage3", dict(ema=True, ema_decay=0.9, cross_identity_prob=0.5)),  # noise, timesteps, data, EMA
+    ("stage1", dict(code_restart_every=3)),  # codebook restarts: hit counts kept in the checkpoint
+])
+def test_resume_continues_exactly(stage, opts, tmp_path):
+    """4 steps straight == 2 steps, then --resume to 4 (weights, optimiser, EMA, logged losses)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run(stage, a, max_steps=4, **opts) == 0
+    assert _run(stage, b, max_steps=2, **opts) == 0
+    with pytest.raises(IMAnimError, match="already holds a run"):
+        _run(stage, b, max_steps=4, **opts)
+    assert _run(stage, b, resume=True, max_steps=4, **opts) == 0
+    ca, cb = list_checkpoints(a)[-1][1], list_checkpoints(b)[-1][1]
+    assert ca.name == cb.name == "step_4"
+    for f in ("model.safetensors", "optimizer.safetensors", "ema.safetensors"):
+        if not (ca / f).is_file():
+            assert not (cb / f).is_file()
+            continue
+        ta, tb = _tensors(ca / f), _tensors(cb / f)
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), (f, k)
+    la, lb = _log(a), _log(b)
+    assert [r["step"] for r in lb] == ["1", "2", "3", "4"]
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    assert json.loads((cb / "state.json").read_text())["step"] == 4
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    from imanim_core.train.stage1 import Stage1
+
+    class Interrupted(Stage1):
+        def load_batch(self, gen, sample_offset):
+            if sample_offset == self.cfg.batch_size:  # the batch of the second step
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().load_batch(gen, sample_offset)
+
+    out = tmp_path / "s1"
+    cfg = resolve_config("stage1", overrides=dict(SMALL, **STAGE_SMALL["stage1"], max_steps=5, out=str(out)))
+    assert run_training(cfg, Interrupted) == 130
+    assert list_checkpoints(out)[-1][0] == 2
+    assert json.loads((out / "summary.json").read_text())["interrupted"]
+    assert (out / "export" / "bundle.safetensors").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _run("stage1", out, resume=True, max_steps=5) == 0
+    assert [r["step"] for r in _log(out)] == ["1", "2", "3", "4", "5"]
+
+
+def test_an_error_mid_run_keeps_the_last_completed_step(tmp_path):
+    from imanim_core.errors import DataError
+    from imanim_core.train.stage1 import Stage1
+
+    class Broken(Stage1):
+        def load_batch(self, gen, sample_offset):
+            if sample_offset == 2 * self.cfg.batch_size:
+                raise DataError("clip_0007/pose/000003.json: unreadable")
+            return super().load_batch(gen, sample_offset)
+
+    out = tmp_path / "s1"
+    cfg = resolve_config("stage1", overrides=dict(SMALL, **STAGE_SMALL["stage1"], max_steps=5, out=str(out)))
+    with pytest.raises(DataError, match="unreadable"):
+        run_training(cfg, Broken)
+    assert list_checkpoints(out)[-1][0] == 2
+    assert _run("stage1", out, resume=True, max_steps=3) == 0
+
+
+# ------------------------------------------------------------------------------------------------ scale features
+def test_bf16_accumulation_ema_and_checkpointing_run(tmp_path):
+    out = tmp_path / "s3"
+    assert _run("stage3", out, max_steps=2, mixed_precision="bf16", grad_accum=2, ema=True,
+                grad_checkpointing=True) == 0
+    rows = _log(out)
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(float(r["flow"]))) for r in rows)
+    assert (list_checkpoints(out)[-1][1] / "ema.safetensors").is_file()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["mixed_precision"] == "bf16" and cfg["grad_accum"] == 2
+
+
+def test_lora_stage3_exports_merged_dit_and_comfy_lora(tmp_path):
+    try:
+        import peft  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"peft cannot be imported here: {type(e).__name__}: {e}")
+    from imanim_core.backbone.wan import load_dit
+
+    out = tmp_path / "lora"
+    assert _run("stage3", out, max_steps=2, lora_rank=4, lr=1e-2) == 0
+    dit = load_dit(out / "export" / "dit.safetensors")
+    lora = _tensors(out / "export" / "lora.safetensors")
+    assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in lora
+    assert "diffusion_model.blocks.0.cross_attn.o.lora_B.weight" in lora
+    assert all(not k.endswith("lora_B.weight") or v.abs().sum() > 0 for k, v in lora.items())
+    assert dit.config.num_layers >= 1
+
+
+def test_two_processes_with_gloo(tmp_path):
+    """Data-parallel run on two CPU processes with gloo, through `accelerate launch`.
+
+    On a machine without GPUs, `accelerate launch --multi_gpu --num_processes 2` starts the processes (torchrun)
+    and the trainer picks DDP over gloo on the CPU; (`--cpu --num_processes 2` would need mpirun; plain
+    `torchrun --nproc_per_node 2 -m imanim_core train ...` works too)."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "imanim_core", "train", "stage1", "--max-steps", "3", "--batch-size", "2", "--height", "32",
+           "--width", "32", "--log-every", "1", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["step"] == 3 and summary["ranks_in_sync"]
+    assert [row["step"] for row in _log(out)] == ["1", "2", "3"]
+    from imanim_core.models.bundle import load_bundle
+
+    assert load_bundle(out / "export" / "bundle.safetensors").config.parts == ["tokenizer", "motion_decoder",
+                                                                              "joint_head"]
+
+
+# ------------------------------------------------------------------------------------------------ config / CLI
+def test_config_precedence_and_errors(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 0.01\nbatch_size: 3\nretargeter: {layers: 2}\n")
+    cfg = resolve_config("stage2", config_file=f, overrides={"batch_size": 5, "out": "x"})
+    assert (cfg.lr, cfg.batch_size, cfg.retargeter_config().layers) == (0.01, 5, 2)
+    assert cfg.num_frames == 9 and cfg.preset == "tiny-puppet"
+    with pytest.raises(IMAnimError, match="unknown keys"):
+        resolve_config("stage1", overrides={"nonsense": 1, "out": "x"})
+    with pytest.raises(IMAnimError, match="4n\\+1"):
+        resolve_config("stage3", overrides={"num_frames": 8, "out": "x"})
+    with pytest.raises(IMAnimError, match="--data"):
+        resolve_config("stage1", preset="real", overrides={"out": "x"})
+    with pytest.raises(IMAnimError, match="tiny"):
+        resolve_config("vae", preset="real", overrides={"out": "x", "data": "d"})
+    with pytest.raises(IMAnimError, match="lora-rank"):
+        resolve_config("stage3", overrides={"out": "x", "dit_training": "lora"})
+
+
+def _fake_header_file(path, metadata):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(path), metadata=metadata)
+    return path
+
+
+def test_real_preset_is_constructible_dry_run(tmp_path, capsys):
+    """The 'real' preset: 1.3B DiT + LoRA, 'large' tokenizer; built on the meta device (no weights, no memory)."""
+    from imanim_core.backbone.wan import dit_config
+    from imanim_core.cli import main
+    from imanim_core.config import BundleConfig, TokenizerConfig
+    from imanim_core.train.config import TrainConfig
+
+    real = resolve_config("stage2", preset="real", overrides={"out": "x", "data": str(tmp_path)})
+    bcfg = BundleConfig(tokenizer=TokenizerConfig.preset("large"), motion_decoder=real.motion_decoder_config(),
+                        joint_head=real.joint_head_config(), retargeter=real.retargeter_config())
+    bundle = _fake_header_file(tmp_path / "s2.safetensors", {"format": "im-animation-bundle", "format_version": "1",
+                                                            "config": json.dumps(bcfg.to_dict())})
+    dit = _fake_header_file(tmp_path / "dit.safetensors", {"format": "wan-dit",
+                                                          "config": json.dumps(dit_config("wan2.1-t2v-1.3b"))})
+    vae = _fake_header_file(tmp_path / "vae.safetensors", {})
+    try:
+        import peft  # noqa: F401
+        lora = ["--lora-rank", "64"]
+    except Exception:  # noqa: BLE001
+        lora = []
+    rc = main(["train", "stage3", "--preset", "real", "--data", str(tmp_path), "--init", str(bundle), "--dit",
+               str(dit), "--vae", str(vae), "--out", str(tmp_path / "r"), "--dry-run"] + lora)
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["config"]["num_frames"] == 81 and rep["config"]["height"] == 480
+    assert 1.2e9 < rep["parts"]["dit"]["params"] < 1.6e9
+    assert rep["parts"]["tokenizer"]["trainable"] == 0
+    assert rep["trainable_params"] < 0.2e9  # adapter / LoRA, not the whole DiT
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing
+    rc = main(["train", "stage1", "--preset", "real", "--data", str(tmp_path), "--out", "unused", "--dry-run"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert 2.9e8 < rep["parts"]["tokenizer"]["params"] < 3.2e8
+    assert TrainConfig.from_dict(rep["config"]).tokenizer_preset == "large"
