@@ -171,8 +171,13 @@ class SkeletonBaseline:
 
 
 def baseline_files(folder) -> dict:
+    """The baseline's files. Its VAE is the one the IM-Animation model uses (both are trained on the same VAE run):
+    ``folder/vae.safetensors`` when present (a training export), else the embedded VAE (the installed baseline)."""
+    from .weights import VAE_FILE
+
     d = Path(folder)
-    return {"baseline": d / BASELINE_FILE, "dit": d / "dit.safetensors", "vae": d / "vae.safetensors"}
+    vae = d / "vae.safetensors"
+    return {"baseline": d / BASELINE_FILE, "dit": d / "dit.safetensors", "vae": vae if vae.is_file() else VAE_FILE}
 
 
 def skeleton_baseline_status(folder) -> str:
@@ -205,8 +210,15 @@ def install(export_dir, dest=None) -> Path:
         raise CheckpointError(f"install: {str(src)!r} is not a skeleton-baseline export folder "
                               f"({skeleton_baseline_status(src)})")
     dst = Path(dest) if dest else SKELETON_BASELINE_DIR
-    for p in baseline_files(src).values():
-        _copy_atomic(p, dst / p.name)
+    files = baseline_files(src)
+    _copy_atomic(files["baseline"], dst / files["baseline"].name)
+    # the DiT ships in fp16 like the embedded model; the VAE is shared with it (see baseline_files), so it is
+    # copied only when installing somewhere else than the embedded weights folder
+    from .backbone.wan import load_dit, save_dit
+
+    save_dit(load_dit(files["dit"]), dst / "dit.safetensors", dtype=torch.float16)
+    if dest:
+        _copy_atomic(files["vae"], dst / "vae.safetensors")
     return dst
 
 

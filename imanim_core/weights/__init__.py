@@ -103,9 +103,12 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         raise
 
 
-def install_from_export(export_dir, dest: EmbeddedPaths | None = None) -> EmbeddedPaths:
+def install_from_export(export_dir, dest: EmbeddedPaths | None = None, dtype=None) -> EmbeddedPaths:
     """Copy a finished stage-3 run's ``export/`` (``dit.safetensors``, ``vae.safetensors``, ``bundle.safetensors``)
-    to the embedded locations (or ``dest``). Each file is copied to a temp file and renamed into place."""
+    to the embedded locations (or ``dest``). Each file is written to a temp file and renamed into place.
+
+    ``dtype`` (e.g. ``torch.float16``) re-saves the three files with their floating tensors cast — the embedded
+    model ships in fp16 to stay small; both hosts load it and compute in fp32."""
     src = Path(export_dir)
     files = {"dit": src / "dit.safetensors", "vae": src / "vae.safetensors", "bundle": src / "bundle.safetensors"}
     missing = [str(p) for p in files.values() if not p.is_file()]
@@ -113,11 +116,17 @@ def install_from_export(export_dir, dest: EmbeddedPaths | None = None) -> Embedd
         raise CheckpointError(f"install_from_export: {str(src)!r} is not a stage-3 export folder (missing "
                               f"{missing})")
     dest = dest or embedded_paths(check=False)
-    for k, p in files.items():
-        _copy_atomic(p, getattr(dest, k))
+    if dtype is None:
+        for k, p in files.items():
+            _copy_atomic(p, getattr(dest, k))
+        return dest
+    from ..backbone.wan import load_dit, load_vae, save_dit, save_vae
+    from ..models.bundle import load_bundle, save_bundle
+
+    for k in ("dit", "vae", "bundle"):
+        getattr(dest, k).parent.mkdir(parents=True, exist_ok=True)
+    save_dit(load_dit(files["dit"]), dest.dit, dtype=dtype)
+    save_vae(load_vae(files["vae"]), dest.vae, dtype=dtype)
+    bundle = load_bundle(files["bundle"])
+    save_bundle(bundle, dest.bundle, metadata=dict(getattr(bundle, "metadata", None) or {}), dtype=dtype)
     return dest
-
-
-__all__ = ["WEIGHTS_DIR", "DIT_FILE", "VAE_FILE", "BUNDLE_FILE", "SKELETON_BASELINE_DIR", "TRAIN_COMMAND",
-           "EmbeddedPaths", "embedded_paths", "embedded_available", "missing_message", "resolve",
-           "install_from_export"]
