@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -309,20 +307,9 @@ def dit_state_dict(model) -> dict:
 
 
 def _atomic_save(tensors: dict, path, metadata: dict) -> Path:
-    from safetensors.torch import save_file
+    from ..io.atomic import save_safetensors
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    return p
+    return save_safetensors(tensors, path, metadata)
 
 
 def _prepare(sd: Mapping, dtype: Optional[torch.dtype]) -> dict:

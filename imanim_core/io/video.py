@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from .atomic import atomic_output
 
 from ..errors import InputError
 
@@ -302,13 +303,10 @@ def write_video(path, frames, fps: float, crf: int = 18) -> Path:
     p = Path(path)
     if p.is_dir():
         raise InputError(f"output {str(p)!r} is a folder; expected a file name such as out.mp4")
-    p.parent.mkdir(parents=True, exist_ok=True)
     suffix = p.suffix if p.suffix.lower() in (".mp4", ".mov", ".mkv", ".m4v") else ".mp4"
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp" + suffix, dir=str(p.parent))
-    os.close(fd)
-    try:
+    with atomic_output(p, suffix=suffix) as tmp:
         gen = imageio_ffmpeg.write_frames(
-            tmp, (W + pw, H + ph), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+            str(tmp), (W + pw, H + ph), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
             quality=None, bitrate=None, macro_block_size=1, ffmpeg_log_level="error",
             output_params=["-crf", str(int(crf))])
         gen.send(None)
@@ -319,13 +317,6 @@ def write_video(path, frames, fps: float, crf: int = 18) -> Path:
             gen.close()
         if os.path.getsize(tmp) == 0:
             raise InputError(f"writing {str(p)!r} produced an empty file")
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return p
 
 

@@ -17,8 +17,6 @@ interrupted save never leaves a half-written file under the target name.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
@@ -123,24 +121,12 @@ class IMAnimationBundle:
 
 # ----------------------------------------------------------------------------------------- atomic writing
 def _atomic_save(tensors: dict, path, metadata: dict) -> Path:
-    from safetensors.torch import save_file
+    from ..io.atomic import save_safetensors
 
     p = Path(path)
     if p.is_dir():
         raise InputError(f"output {str(p)!r} is a folder; expected a file name ending in .safetensors")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    return save_safetensors(tensors, p, metadata)
 
 
 def _state_tensors(prefix: str, module: nn.Module, dtype=None) -> dict:

@@ -13,9 +13,6 @@ finished stage-3 run's ``export/`` folder is copied in with :func:`install_from_
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,18 +86,9 @@ def resolve(path, which: str) -> Path:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=str(dst.parent))
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..io.atomic import copy_file
+
+    copy_file(src, dst)
 
 
 def install_from_export(export_dir, dest: EmbeddedPaths | None = None, dtype=None) -> EmbeddedPaths:
