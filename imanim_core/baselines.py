@@ -27,8 +27,6 @@ Files (``DIR/export/``, and the installed folder): ``skeleton_baseline.safetenso
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +104,7 @@ def skeleton_frames(keypoints, size: Sequence[int], source_hw: Optional[Sequence
 
 # ============================================================================================== files
 def save_skeleton_baseline(path, encoder: SkeletonEncoder, injector, metadata: Optional[dict] = None) -> Path:
-    from .models.bundle import _atomic_save  # the project's one atomic safetensors writer
+    from .io.atomic import save_safetensors
 
     tensors = {}
     for prefix, mod in (("skeleton_encoder", encoder), ("injector", injector)):
@@ -115,7 +113,7 @@ def save_skeleton_baseline(path, encoder: SkeletonEncoder, injector, metadata: O
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update(format=BASELINE_FORMAT, format_version=str(BASELINE_FORMAT_VERSION),
                 config=json.dumps({"skeleton_encoder": encoder.cfg.to_dict(), "injector": injector.cfg.to_dict()}))
-    return _atomic_save(tensors, path, meta)
+    return save_safetensors(tensors, path, meta)
 
 
 def load_skeleton_parts(path, device="cpu") -> tuple:
@@ -203,7 +201,8 @@ def load_skeleton_baseline(folder, device="cpu") -> SkeletonBaseline:
 
 def install(export_dir, dest=None) -> Path:
     """Copy a finished baseline run's export folder to ``dest`` (default ``weights/baselines/skeleton``)."""
-    from .weights import SKELETON_BASELINE_DIR, _copy_atomic
+    from .io.atomic import copy_file
+    from .weights import SKELETON_BASELINE_DIR
 
     src = Path(export_dir)
     if skeleton_baseline_status(src) != "ok":
@@ -211,14 +210,14 @@ def install(export_dir, dest=None) -> Path:
                               f"({skeleton_baseline_status(src)})")
     dst = Path(dest) if dest else SKELETON_BASELINE_DIR
     files = baseline_files(src)
-    _copy_atomic(files["baseline"], dst / files["baseline"].name)
+    copy_file(files["baseline"], dst / files["baseline"].name)
     # the DiT ships in fp16 like the embedded model; the VAE is shared with it (see baseline_files), so it is
     # copied only when installing somewhere else than the embedded weights folder
     from .backbone.wan import load_dit, save_dit
 
     save_dit(load_dit(files["dit"]), dst / "dit.safetensors", dtype=torch.float16)
     if dest:
-        _copy_atomic(files["vae"], dst / "vae.safetensors")
+        copy_file(files["vae"], dst / "vae.safetensors")
     return dst
 
 
@@ -326,10 +325,9 @@ class SkeletonStage(_stage_base()):
         if self.vae_path == "random":
             files["vae"] = save_vae(self.vae, vae_dst)
         else:
-            tmp = export_dir / ".vae.safetensors.tmp"
-            shutil.copyfile(self.vae_path, tmp)
-            os.replace(tmp, vae_dst)
-            files["vae"] = vae_dst
+            from .io.atomic import copy_file
+
+            files["vae"] = copy_file(self.vae_path, vae_dst)
         files["manifest"] = write_manifest(export_dir, {
             "stage": "skeleton-baseline", "step": self.step, "recipe": "train stage3 (tiny-puppet)",
             "video_size": [self.cfg.height, self.cfg.width], "num_frames": self.cfg.num_frames,

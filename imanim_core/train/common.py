@@ -412,10 +412,11 @@ def find_vae(cfg: TrainConfig) -> str:
 
 
 def write_manifest(export_dir: Path, info: dict) -> Path:
+    from ..io.atomic import atomic_output
+
     p = Path(export_dir) / "manifest.json"
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, p)
+    with atomic_output(p) as tmp:
+        tmp.write_text(json.dumps(info, indent=2))
     return p
 
 

@@ -24,8 +24,6 @@ Exports (``DIR/export/``): ``bundle.safetensors`` (all five parts, injector ``di
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -306,7 +304,7 @@ class Stage3(Stage):
                                                 "dit_training": self.mode})
         dit = module.dit
         if self.mode == "lora":
-            from safetensors.torch import save_file
+            from ..io.atomic import save_safetensors
 
             sd = merged_dit_state_dict(dit)
             with torch.device("meta"):
@@ -314,9 +312,8 @@ class Stage3(Stage):
             plain.load_state_dict(sd, strict=True, assign=True)
             files["dit"] = save_dit(plain, export_dir / "dit.safetensors")
             lora = {k: v.contiguous().cpu() for k, v in lora_comfy_state_dict(dit, self.lora_alpha).items()}
-            tmp = export_dir / ".lora.safetensors.tmp"
-            save_file(lora, str(tmp), metadata={"format": "lora", "rank": str(self.cfg.lora_rank)})
-            os.replace(tmp, export_dir / "lora.safetensors")
+            save_safetensors(lora, export_dir / "lora.safetensors",
+                             {"format": "lora", "rank": str(self.cfg.lora_rank)})
             files["lora"] = export_dir / "lora.safetensors"
         else:
             files["dit"] = save_dit(dit, export_dir / "dit.safetensors")
@@ -324,10 +321,9 @@ class Stage3(Stage):
         if self.vae_path == "random":
             files["vae"] = save_vae(self.vae, vae_dst)
         elif Path(self.vae_path).resolve() != vae_dst.resolve():
-            tmp = export_dir / ".vae.safetensors.tmp"
-            shutil.copyfile(self.vae_path, tmp)
-            os.replace(tmp, vae_dst)
-            files["vae"] = vae_dst
+            from ..io.atomic import copy_file
+
+            files["vae"] = copy_file(self.vae_path, vae_dst)
         else:
             files["vae"] = vae_dst
         files["manifest"] = write_manifest(export_dir, {

@@ -85,12 +85,6 @@ def resolve(path, which: str) -> Path:
     return p
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    from ..io.atomic import copy_file
-
-    copy_file(src, dst)
-
-
 def install_from_export(export_dir, dest: EmbeddedPaths | None = None, dtype=None) -> EmbeddedPaths:
     """Copy a finished stage-3 run's ``export/`` (``dit.safetensors``, ``vae.safetensors``, ``bundle.safetensors``)
     to the embedded locations (or ``dest``). Each file is written to a temp file and renamed into place.
@@ -103,10 +97,12 @@ def install_from_export(export_dir, dest: EmbeddedPaths | None = None, dtype=Non
     if missing:
         raise CheckpointError(f"install_from_export: {str(src)!r} is not a stage-3 export folder (missing "
                               f"{missing})")
+    from ..io.atomic import copy_file
+
     dest = dest or embedded_paths(check=False)
     if dtype is None:
         for k, p in files.items():
-            _copy_atomic(p, getattr(dest, k))
+            copy_file(p, getattr(dest, k))
         return dest
     from ..backbone.wan import load_dit, load_vae, save_dit, save_vae
     from ..models.bundle import load_bundle, save_bundle
