@@ -56,6 +56,12 @@ def main(argv=None) -> int:
             return 1
         from playwright.sync_api import sync_playwright
 
+        # a first visit opens the template browser; a screenshot wants the plain canvas
+        for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Workflow.ShowMissingModelsWarning", False)):
+            req = urllib.request.Request(f"{url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=10).read()
+
         graph = json.loads(workflow.read_text())
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"), args=[
@@ -64,12 +70,12 @@ def main(argv=None) -> int:
             page = browser.new_page(viewport={"width": 1800, "height": 1000})
             page.goto(url, wait_until="networkidle", timeout=120_000)
             page.wait_for_function("window.app && window.app.graph", timeout=120_000)
+            page.wait_for_timeout(2000)
             page.evaluate("async (g) => { await window.app.loadGraphData(g); }", graph)
             page.wait_for_timeout(2000)
-            page.keyboard.press("Escape")
-            page.evaluate("() => { const c = window.app.canvas; if (c && c.ds) { "
-                          "window.app.graph.setDirtyCanvas(true, true); } }")
-            page.wait_for_timeout(1000)
+            page.focus("#graph-canvas")
+            page.keyboard.press(".")  # ComfyUI's "fit view to the whole graph"
+            page.wait_for_timeout(1500)
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out))
             browser.close()

@@ -114,13 +114,13 @@ def build(nodes: list, object_info: dict, wid: str) -> dict:
 
 def tiny_graph(frames: int, window: int, overlap: int, steps: int, prefix: str, note: str) -> list:
     return [
-        {"id": 1, "type": "IMAnimationPuppetExample", "pos": [0, 0], "size": [320, 230],
+        {"id": 1, "type": "IMAnimationPuppetExample", "pos": [0, 0], "size": [320, 290],
          "widgets": {"seed": 3, "frames": frames, "width": 128, "height": 128, "motion": "any", "fps": 16.0}},
-        {"id": 2, "type": "IMAnimationLoadModels", "pos": [0, 290], "size": [320, 130],
+        {"id": 2, "type": "IMAnimationLoadModels", "pos": [0, 350], "size": [320, 130],
          "widgets": {"bundle": TINY_BUNDLE, "dtype": "auto", "device": "auto"}},
-        {"id": 3, "type": "UNETLoader", "pos": [0, 460], "size": [320, 90],
+        {"id": 3, "type": "UNETLoader", "pos": [0, 520], "size": [320, 90],
          "widgets": {"unet_name": TINY_DIT, "weight_dtype": "default"}},
-        {"id": 4, "type": "VAELoader", "pos": [0, 590], "size": [320, 60], "widgets": {"vae_name": TINY_VAE}},
+        {"id": 4, "type": "VAELoader", "pos": [0, 650], "size": [320, 60], "widgets": {"vae_name": TINY_VAE}},
         {"id": 5, "type": "IMAnimationEncodeMotion", "pos": [380, 0], "size": [300, 100],
          "widgets": {"batch_size": 8}, "links": {"models": (2, 0), "driving": (1, 1)}},
         {"id": 6, "type": "IMAnimationRetarget", "pos": [380, 160], "size": [300, 250],
@@ -141,7 +141,7 @@ def tiny_graph(frames: int, window: int, overlap: int, steps: int, prefix: str, 
          "links": {"images": (5, 1)}},
         {"id": 13, "type": "PreviewImage", "pos": [1110, 400], "size": [300, 300], "title": "Retargeted pose",
          "links": {"images": (6, 1)}},
-        {"id": 14, "type": "Note", "pos": [0, 700], "size": [680, 200], "title": "About this workflow", "text": note},
+        {"id": 14, "type": "Note", "pos": [0, 760], "size": [680, 200], "title": "About this workflow", "text": note},
     ]
 
 
