@@ -178,11 +178,16 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
 
     out = tmp_path / "s1"
     cfg = resolve_config("stage1", overrides=dict(SMALL, **STAGE_SMALL["stage1"], max_steps=5, out=str(out)))
-    assert run_training(cfg, Interrupted) == 130
+    # a process started in the background (CI, nohup) begins with SIGINT ignored: start from the default handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert run_training(cfg, Interrupted) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer restored it
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert list_checkpoints(out)[-1][0] == 2
     assert json.loads((out / "summary.json").read_text())["interrupted"]
     assert (out / "export" / "bundle.safetensors").is_file()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert _run("stage1", out, resume=True, max_steps=5) == 0
     assert [r["step"] for r in _log(out)] == ["1", "2", "3", "4", "5"]
 

@@ -98,11 +98,10 @@ def saved_frames(server, h) -> np.ndarray:
 
 
 def saved_video_frames(server, h, prompt) -> np.ndarray:
-    import av
+    from imanim_core.io.video import read_video  # the project's one video reader (no PyAV in .venv)
 
     vid = h["outputs"][node_of(prompt, "SaveVideo")]["images"][0]
-    with av.open(str(server.base / "output" / vid["subfolder"] / vid["filename"])) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    return read_video(server.base / "output" / vid["subfolder"] / vid["filename"])[0]
 
 
 def standalone(files: dict, prompt: dict, decode: bool) -> tuple:
