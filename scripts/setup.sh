@@ -9,10 +9,20 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-.venv/bin/python -c "import torch" 2>/dev/null || "${PIP[@]}" torch==2.13.0
+# Run pip quietly: drop the index's harmless "Location ... is ignored" lines, keep everything else, and stop
+# setup with pip's own exit status when an install fails.
+quiet() {
+  local log rc=0
+  log=$(mktemp)
+  "$@" > "$log" 2>&1 || rc=$?
+  grep -v "is ignored: it is neither" "$log" >&2 || true
+  rm -f "$log"
+  return $rc
+}
+.venv/bin/python -c "import torch" 2>/dev/null || quiet "${PIP[@]}" torch==2.13.0
 extras="train"
 [ "${1:-}" = "--dev" ] && extras="dev"
-"${PIP[@]}" -c constraints.txt -e ".[${extras}]" 2>&1 | grep -v "is ignored: it is neither" || true
+quiet "${PIP[@]}" -c constraints.txt -e ".[${extras}]"
 if [ "${1:-}" = "--dev" ]; then
   COMFY=${COMFYUI_PATH:-$HOME/comfy/ComfyUI}
   if [ -f "$COMFY/requirements.txt" ]; then
@@ -22,9 +32,9 @@ if [ "${1:-}" = "--dev" ]; then
     # two torchvision op schemas it needs before torchvision is imported (tests/comfyui/launch.py).
     [ -x .venv-comfyui/bin/python ] || "$PY" -m venv .venv-comfyui
     CPIP=(.venv-comfyui/bin/python -m pip install -q --disable-pip-version-check)
-    .venv-comfyui/bin/python -c "import torch" 2>/dev/null || "${CPIP[@]}" torch==2.13.0
+    .venv-comfyui/bin/python -c "import torch" 2>/dev/null || quiet "${CPIP[@]}" torch==2.13.0
     grep -vE '^(torchaudio|#|$)' "$COMFY/requirements.txt" > .venv-comfyui/comfyui-requirements.txt
-    "${CPIP[@]}" -c constraints.txt -r .venv-comfyui/comfyui-requirements.txt -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+    quiet "${CPIP[@]}" -c constraints.txt -r .venv-comfyui/comfyui-requirements.txt -e ".[dev]"
     echo "setup: .venv-comfyui ready for ComfyUI at $COMFY"
   else
     echo "setup: no ComfyUI checkout at $COMFY; tests/comfyui will be skipped"
