@@ -239,9 +239,9 @@ class SkeletonModule(nn.Module):
 
 
 def _stage_base():
-    from .train.common import Stage
+    from .train.common import PooledClipStage
 
-    return Stage
+    return PooledClipStage
 
 
 class SkeletonStage(_stage_base()):
@@ -291,11 +291,7 @@ class SkeletonStage(_stage_base()):
         return (f"skeleton baseline: trains the whole DiT + injector + skeleton encoder (stage-3 tiny recipe); VAE "
                 f"{self.vae_path}; clips of {c.num_frames} frames at {c.height}x{c.width}")
 
-    def load_batch(self, gen, sample_offset):
-        from .train.data import clip_batch
-
-        cfg = self.cfg
-        b = clip_batch(self.source, sample_offset, cfg.batch_size)
+    def clip_inputs(self, b):
         frames = b["frames"]
         bsz, t, h, w, _ = frames.shape
         if (t - 1) % 4:
@@ -304,14 +300,13 @@ class SkeletonStage(_stage_base()):
                           for i in range(bsz)])
         return {"skeleton": sk, "identity": b["identity"], "target": b["target"]}
 
-    def prepare(self, batch):
+    def frozen_outputs(self, batch):
         from .backbone.wan import vae_encode
         from .train.stage2 import identity_latent
 
-        batch["reference"] = identity_latent(self.vae, batch.pop("identity"))
-        video = batch.pop("target").permute(0, 4, 1, 2, 3) * 2.0 - 1.0
-        batch["latents"] = vae_encode(self.vae, video)
-        return batch
+        video = batch["target"].permute(0, 4, 1, 2, 3) * 2.0 - 1.0
+        return {"skeleton": batch["skeleton"], "reference": identity_latent(self.vae, batch["identity"]),
+                "latents": vae_encode(self.vae, video)}
 
     def export(self, module, export_dir: Path) -> dict:
         from .backbone.wan import save_dit, save_vae

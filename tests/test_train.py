@@ -323,3 +323,30 @@ def test_real_preset_is_constructible_dry_run(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert 2.9e8 < rep["parts"]["tokenizer"]["params"] < 3.2e8
     assert TrainConfig.from_dict(rep["config"]).tokenizer_preset == "large"
+
+
+def test_sample_pool_is_a_cache_of_the_frozen_models(tmp_path):
+    """--sample-pool N: the first pass gives exactly the losses of a run without the pool; later passes reuse the
+    cached VAE latents and codes (frozen_outputs runs once per pooled sample) and still train."""
+    from imanim_core.train.stage3 import Stage3
+
+    calls = []
+
+    class Counting(Stage3):
+        def frozen_outputs(self, batch):
+            calls.append(int(batch["target"].shape[0]))
+            return super().frozen_outputs(batch)
+
+    def run(pool, out, cls):
+        cfg = resolve_config("stage3", overrides=dict(SMALL, **STAGE_SMALL["stage3"], max_steps=6,
+                                                      sample_pool=pool, out=str(tmp_path / out)))
+        assert run_training(cfg, cls) == 0
+        return [float(r["loss"]) for r in _log(tmp_path / out)]
+
+    plain = run(0, "plain", Stage3)
+    pooled = run(2, "pooled", Counting)
+    assert pooled[:2] == plain[:2]  # samples 0 and 1, computed the same way
+    assert sum(calls) == 2, calls  # 6 steps of batch 1 over a pool of 2: the VAE ran for 2 samples only
+    assert all(map(torch.isfinite, torch.tensor(pooled)))
+    with pytest.raises(IMAnimError, match="--sample-pool"):
+        resolve_config("stage3", overrides=dict(SMALL, out=str(tmp_path / "x"), sample_pool=-1))

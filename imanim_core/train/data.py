@@ -120,7 +120,11 @@ def frame_heatmaps(keypoints: torch.Tensor, visibility: torch.Tensor, height: in
 
 def clip_batch(source: Source, offset: int, batch_size: int) -> dict:
     """Stage 2/3 (and vae) samples stacked: frames, identity, target (+ keypoints, visibility)."""
-    samples = source.samples(offset, batch_size)
+    return collate_clips(source.samples(offset, batch_size))
+
+
+def collate_clips(samples: list) -> dict:
+    """Clip samples (see :func:`clip_batch`) stacked into a batch."""
     keys = ["frames", "keypoints", "visibility"]
     if "identity" in samples[0]:
         keys += ["identity", "target", "target_keypoints", "target_visibility"]
@@ -139,4 +143,4 @@ def stage1_batch(source: Source, offset: int, batch_size: int, frames_per_clip: 
 
 
 __all__ = ["Source", "make_source", "collate", "square_keypoints", "stage1_targets", "frame_heatmaps",
-           "clip_batch", "stage1_batch", "STAGE1_FRAMES_PER_CLIP", "STAGE1_FPS", "CLIP_FPS"]
+           "clip_batch", "collate_clips", "stage1_batch", "STAGE1_FRAMES_PER_CLIP", "STAGE1_FPS", "CLIP_FPS"]

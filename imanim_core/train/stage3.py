@@ -31,8 +31,8 @@ import torch.nn as nn
 
 from ..config import BundleConfig
 from ..errors import CheckpointError, IMAnimError
-from .common import Stage, copy_weights, load_init, weighted_heatmap_mse, write_manifest
-from .data import CLIP_FPS, clip_batch, frame_heatmaps, make_source
+from .common import PooledClipStage, copy_weights, load_init, weighted_heatmap_mse, write_manifest
+from .data import CLIP_FPS, frame_heatmaps, make_source
 from .stage2 import encoder_parameters, identity_latent, load_frozen_vae
 
 LORA_TARGETS = r".*blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
@@ -53,12 +53,17 @@ class VideoModule(nn.Module):
     def forward(self, batch):
         from ..backbone.flow import flow_matching_loss, zero_context
 
-        pixels, ref, x0 = batch["pixels"], batch["reference"], batch["latents"]
-        b, t = pixels.shape[:2]
+        ref, x0 = batch["reference"], batch["latents"]
         grad = torch.is_grad_enabled()
-        with torch.set_grad_enabled(self.encoder_trains and grad):
-            codes = self.tokenizer.encode(pixels.flatten(0, 1))["codes"]
-        codes = codes.reshape(b, t, *codes.shape[1:])
+        if "codes" in batch:  # frozen encoder: the codes came with the batch (Stage3.prepare)
+            codes = batch["codes"]
+        else:
+            pixels = batch["pixels"]
+            b, t = pixels.shape[:2]
+            with torch.set_grad_enabled(self.encoder_trains and grad):
+                codes = self.tokenizer.encode(pixels.flatten(0, 1))["codes"]
+            codes = codes.reshape(b, t, *codes.shape[1:])
+        b = codes.shape[0]
         with torch.set_grad_enabled(self.retargeter_trains and grad):
             tokens = self.retargeter(ref, codes)
         ctx = zero_context(b, self.text_len, self.dit.config.text_dim, device=x0.device)
@@ -143,7 +148,7 @@ def lora_comfy_state_dict(dit, alpha: float) -> dict:
     return out
 
 
-class Stage3(Stage):
+class Stage3(PooledClipStage):
     name = "stage3"
     find_unused_parameters = False
 
@@ -263,11 +268,11 @@ class Stage3(Stage):
         return (f"stage 3: trains {what} + injector; {ret}, {enc}; codebook, joint head, VAE frozen; DiT from {src}; "
                 f"VAE {self.vae_path}{init}; clips of {c.num_frames} frames at {c.height}x{c.width}")
 
-    def load_batch(self, gen, sample_offset):
+    # data: ``clip_inputs`` (CPU) and ``frozen_outputs`` (device) for ``PooledClipStage``'s sample pool
+    def clip_inputs(self, b: dict) -> dict:
         from ..models.tokenizer import preprocess_frames
 
         cfg = self.cfg
-        b = clip_batch(self.source, sample_offset, cfg.batch_size)
         frames = b["frames"]
         bsz, t, h, w, _ = frames.shape
         if (t - 1) % 4:
@@ -282,13 +287,19 @@ class Stage3(Stage):
                                              self.bundle_config.joint_head.upsample, cfg.heatmap_sigma)
         return out
 
-    def prepare(self, batch):
+    def frozen_outputs(self, batch: dict) -> dict:
         from ..backbone.wan import vae_encode
 
-        batch["reference"] = identity_latent(self.vae, batch.pop("identity"))
-        video = batch.pop("target").permute(0, 4, 1, 2, 3) * 2.0 - 1.0  # [B,3,T,H,W]
-        batch["latents"] = vae_encode(self.vae, video)
-        return batch
+        out = {k: v for k, v in batch.items() if k in ("pixels", "heatmaps")}
+        out["reference"] = identity_latent(self.vae, batch["identity"])
+        video = batch["target"].permute(0, 4, 1, 2, 3) * 2.0 - 1.0  # [B,3,T,H,W]
+        out["latents"] = vae_encode(self.vae, video)
+        if self.encoder_scale == 0:  # frozen encoder: codes now, not in the trained module
+            pixels = out.pop("pixels")
+            b, t = pixels.shape[:2]
+            codes = self.module.tokenizer.encode(pixels.flatten(0, 1))["codes"]
+            out["codes"] = codes.reshape(b, t, *codes.shape[1:])
+        return out
 
     def export(self, module, export_dir: Path) -> dict:
         from ..backbone.wan import build_dit, save_dit, save_vae

@@ -2,11 +2,15 @@
 video folder with ``--data``.
 
 Clips of ``num_frames`` = 1 + 4n frames (default 5) at ``height x width`` (default 128 x 128), values in [-1, 1].
-Loss: ``L1(reconstruction, clip) + kl_weight * KL``, where the KL is taken for the **normalised** posterior
+Loss: ``weighted L1(reconstruction, clip) + kl_weight * KL``, where the KL is taken for the **normalised** posterior
 (``(mu - mean_c) / std_c``, ``sigma / std_c`` with the Wan 2.1 channel statistics of ``backbone.latents``) against
-N(0, 1). Every host normalises this VAE's latents with the Wan 2.1 statistics, so this term is what makes the
-normalised latents the DiT sees roughly unit-scaled. Logged: ``l1``, ``kl``, ``psnr`` (dB) and ``latent_std``
-(std of the normalised posterior means; ~1 is what the DiT expects).
+N(0, 1). Every host normalises this VAE's latents with the Wan 2.1 statistics, so this term is what keeps the
+normalised latents the DiT sees roughly unit-scaled. It must stay weak: at ``kl_weight`` 1e-3 (v0 of the embedded
+model) the posterior collapsed (normalised sigma 0.68 against a mean std of 0.4, so the latents were mostly noise
+and the decoder learned a grey blur); the tiny preset uses 1e-5. When the data give character masks (the puppet
+world does), pixels of the character weigh ``1 + fg_weight`` in the L1 (``--vae-fg-weight``, tiny preset 4): the
+character is a small part of the frame and is what the video model must reproduce. Logged: ``l1`` (unweighted),
+``kl``, ``psnr`` (dB) and ``latent_std`` (std of the normalised posterior means; ~1 is what the DiT expects).
 
 ``--init``: a VAE file or a `train vae` run directory to continue from. Export: ``DIR/export/vae.safetensors``
 (original Wan layout, loadable by ``backbone.load_vae`` and ComfyUI's stock VAE loader).
@@ -20,14 +24,15 @@ import torch.nn as nn
 
 from ..errors import CheckpointError, IMAnimError
 from .common import Stage, write_manifest
-from .data import CLIP_FPS, clip_batch, make_source
+from .data import CLIP_FPS, make_source
 
 
 class VAEModule(nn.Module):
-    def __init__(self, vae, kl_weight: float):
+    def __init__(self, vae, kl_weight: float, fg_weight: float = 0.0):
         super().__init__()
         self.vae = vae
         self.kl_weight = kl_weight
+        self.fg_weight = fg_weight
 
     def forward(self, batch):
         from ..backbone.latents import latent_stats
@@ -36,12 +41,17 @@ class VAEModule(nn.Module):
         post = self.vae.encode(x).latent_dist
         z = post.sample()
         rec = self.vae.decode(z).sample
-        l1 = (rec.float() - x.float()).abs().mean()
+        err = (rec.float() - x.float()).abs()
+        l1 = err.mean()
+        rec_loss = l1
+        if self.fg_weight > 0 and batch.get("masks") is not None:
+            w = 1.0 + self.fg_weight * batch["masks"].to(err.dtype)[:, None]  # [B,1,T,H,W]
+            rec_loss = (err * w).mean() / w.mean()
         mean, std = latent_stats(5, x.device, torch.float32)
         mu_n = (post.mean.float() - mean) / std
         var_n = post.var.float() / (std * std)
         kl = 0.5 * (mu_n.pow(2) + var_n - 1.0 - torch.log(var_n.clamp_min(1e-12))).mean()
-        loss = l1 + self.kl_weight * kl
+        loss = rec_loss + self.kl_weight * kl
         with torch.no_grad():
             mse = (rec.float() - x.float()).pow(2).mean().clamp_min(1e-10)
             psnr = 10.0 * torch.log10(4.0 / mse)
@@ -67,8 +77,9 @@ class VAEStage(Stage):
         vae.train()
         if not self.dry:
             vae.to(self.device)
-            self.source = make_source(cfg, 1, cfg.num_frames, fps=CLIP_FPS)
-        return VAEModule(vae, cfg.kl_weight)
+            # stage-2 samples: the target clip comes with character masks in the puppet world
+            self.source = make_source(cfg, 2, cfg.num_frames, fps=CLIP_FPS)
+        return VAEModule(vae, cfg.kl_weight, cfg.vae_fg_weight)
 
     def param_groups(self) -> list:
         return [{"name": "vae", "params": [p for p in self.module.parameters() if p.requires_grad], "lr_scale": 1.0}]
@@ -76,15 +87,21 @@ class VAEStage(Stage):
     def describe(self) -> str:
         c = self.cfg
         return (f"stage vae: trains the whole tiny Wan 2.1 VAE on {c.num_frames}-frame clips at {c.height}x{c.width} "
-                f"(L1 + {c.kl_weight:g} x KL of the normalised posterior)")
+                f"(L1 with character pixels x {1 + c.vae_fg_weight:g} where masks exist + {c.kl_weight:g} x KL of the "
+                f"normalised posterior)")
 
     def load_batch(self, gen, sample_offset):
-        b = clip_batch(self.source, sample_offset, self.cfg.batch_size)
-        video = b["frames"].permute(0, 4, 1, 2, 3).contiguous() * 2.0 - 1.0  # [B,3,T,H,W] in [-1,1]
+        samples = self.source.samples(sample_offset, self.cfg.batch_size)
+        key = "target" if "target" in samples[0] else "frames"
+        video = torch.stack([torch.as_tensor(s[key]) for s in samples])
+        video = video.permute(0, 4, 1, 2, 3).contiguous() * 2.0 - 1.0  # [B,3,T,H,W] in [-1,1]
         t = video.shape[2]
         if (t - 1) % 4:
             raise IMAnimError(f"train vae: clips must have 4n+1 frames, the data gave {t}")
-        return {"video": video}
+        out = {"video": video}
+        if key == "target" and all("target_masks" in s for s in samples):
+            out["masks"] = torch.stack([torch.as_tensor(s["target_masks"]) for s in samples])  # [B,T,H,W]
+        return out
 
     def export(self, module, export_dir: Path) -> dict:
         from ..backbone.wan import save_vae
