@@ -15,9 +15,9 @@ cd "$(dirname "$0")/.."
 RUN=${1:-runs/tiny}
 SCALE=${STEPS_SCALE:-1}
 steps() { python3 -c "import sys; print(max(2, int(round($1 * $SCALE))))"; }
-VAE_STEPS=$(steps ${VAE_STEPS:-800})
+VAE_STEPS=$(steps ${VAE_STEPS:-700})
 S1_STEPS=$(steps ${S1_STEPS:-2400})
-S2_STEPS=$(steps ${S2_STEPS:-1200})
+S2_STEPS=$(steps ${S2_STEPS:-1000})
 S3_STEPS=$(steps ${S3_STEPS:-2000})
 SEED=${SEED:-0}
 PY=${PY:-.venv/bin/python}

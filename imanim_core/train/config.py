@@ -204,7 +204,7 @@ class TrainConfig(_Base):
 
 # ---------------------------------------------------------------------- presets
 _TINY = {
-    "vae": dict(batch_size=2, num_frames=5, lr=1e-3, warmup_steps=50, max_steps=3000, ckpt_every=500,
+    "vae": dict(batch_size=2, num_frames=5, lr=3e-4, warmup_steps=50, max_steps=3000, ckpt_every=500,
                 kl_weight=1e-5, vae_fg_weight=4.0),
     "stage1": dict(batch_size=16, lr=5e-4, warmup_steps=100, max_steps=6000, ckpt_every=500),
     # a width-128 retargeter (4x cheaper than the RetargeterConfig default; stage 3 takes it from --init)

@@ -27,6 +27,21 @@ from .common import Stage, write_manifest
 from .data import CLIP_FPS, make_source
 
 
+INIT_LOGVAR = -6.0
+
+
+def start_sharp(vae) -> None:
+    """A fresh VAE starts with a sharp posterior: the log-variance half of ``quant_conv`` gets bias
+    ``INIT_LOGVAR`` (sigma ~0.05) and 1/10 of its weights. With diffusers' default init sigma is ~1 against a
+    posterior mean of ~0.1, so the decoder sees almost pure noise, learns to ignore z and outputs the mean colour
+    (a plateau at ~15 dB that the v0 training never left)."""
+    conv = vae.quant_conv
+    z = conv.weight.shape[0] // 2
+    with torch.no_grad():
+        conv.bias[z:].fill_(INIT_LOGVAR)
+        conv.weight[z:].mul_(0.1)
+
+
 class VAEModule(nn.Module):
     def __init__(self, vae, kl_weight: float, fg_weight: float = 0.0):
         super().__init__()
@@ -74,6 +89,7 @@ class VAEStage(Stage):
             vae = build_vae(cfg.vae_preset) if self.dry else load_vae(p)
         else:
             vae = build_vae(cfg.vae_preset)
+            start_sharp(vae)
         vae.train()
         if not self.dry:
             vae.to(self.device)
@@ -111,4 +127,4 @@ class VAEStage(Stage):
         return {"vae": path, "manifest": man}
 
 
-__all__ = ["VAEStage", "VAEModule"]
+__all__ = ["VAEStage", "VAEModule", "start_sharp", "INIT_LOGVAR"]
