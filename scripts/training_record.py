@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = [("vae", "vae"), ("stage1", "s1"), ("stage2", "s2"), ("stage3", "s3"), ("skeleton baseline", "skeleton")]
+STAGES = [("vae (5-frame clips)", "vae"), ("vae (9-frame clips)", "vae9"), ("stage1", "s1"), ("stage2", "s2"), ("stage3", "s3"), ("skeleton baseline", "skeleton")]
 SHOW = ["loss", "l1", "psnr", "kl", "heatmap", "kp_err", "code_usage", "flow", "vq"]
 
 
