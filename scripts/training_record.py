@@ -22,8 +22,13 @@ def main(argv):
             rows.append(f"| {name} | — | — | — | not run |")
             continue
         s = json.loads(f.read_text())
-        losses = ", ".join(f"{k}={v:.4g}" for k, v in s["final_losses"].items() if k in SHOW)
-        rows.append(f"| {name} | {s['step']} | {s['seconds'] / 60:.1f} | {s['steps_per_s']:.2f} | {losses} |")
+        # the latest checkpoint holds the whole run's training time and last losses, also across resumes
+        ckpts = sorted((run / sub / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        state = json.loads((ckpts[-1] / "state.json").read_text()) if ckpts else {}
+        seconds = float(state.get("elapsed", s.get("seconds_total", s["seconds"])))
+        final = s["final_losses"] or state.get("last_losses", {})
+        losses = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k in SHOW)
+        rows.append(f"| {name} | {s['step']} | {seconds / 60:.1f} | {s['step'] / seconds:.2f} | {losses} |")
     out = Path(__file__).resolve().parents[1] / "imanim_core" / "weights" / "TRAINING.md"
     text = f"""# How the embedded tiny model was trained
 

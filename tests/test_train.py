@@ -350,3 +350,16 @@ def test_sample_pool_is_a_cache_of_the_frozen_models(tmp_path):
     assert all(map(torch.isfinite, torch.tensor(pooled)))
     with pytest.raises(IMAnimError, match="--sample-pool"):
         resolve_config("stage3", overrides=dict(SMALL, out=str(tmp_path / "x"), sample_pool=-1))
+
+
+def test_a_finished_run_resumed_again_keeps_its_summary(tmp_path):
+    """Re-running a finished stage with --resume (what train_tiny_default.sh does) trains nothing and still
+    reports the run's losses and its whole training time."""
+    out = tmp_path / "s1"
+    assert _run("stage1", out, max_steps=3) == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert _run("stage1", out, resume=True, max_steps=3) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["steps_this_run"] == 0 and again["step"] == 3 and again["steps_per_s"] is None
+    assert again["final_losses"] == first["final_losses"] and again["final_losses"]
+    assert again["seconds_total"] >= first["seconds_total"] > 0

@@ -640,6 +640,7 @@ def run_training(cfg: TrainConfig, stage_cls, resume: bool = False, accelerator=
         raise IMAnimError("--ema is not supported with FSDP (the weights are sharded); train without --ema")
 
     start_step, elapsed_before = 0, 0.0
+    resumed_terms: dict = {}  # the last logged losses of the checkpoint a resumed run starts from
     ema = None
     if existing and resume:
         step_dir = existing[-1][1]
@@ -673,6 +674,7 @@ def run_training(cfg: TrainConfig, stage_cls, resume: bool = False, accelerator=
         start_step = int(state["step"])
         stage.step = start_step
         elapsed_before = float(state.get("elapsed", 0.0))
+        resumed_terms = dict(state.get("last_losses") or {})
         say(f"resumed from {step_dir} (step {start_step})")
 
     if cfg.ema and ema is None:
@@ -900,8 +902,10 @@ def run_training(cfg: TrainConfig, stage_cls, resume: bool = False, accelerator=
     stage.close()
     summary = {"stage": cfg.stage, "preset": cfg.preset, "step": step, "max_steps": cfg.max_steps,
                "steps_this_run": steps_this_run, "seconds": round(elapsed, 2),
-               "steps_per_s": round(steps_this_run / elapsed, 4) if elapsed > 0 else None,
-               "final_losses": last_terms, "processes": world, "ranks_in_sync": in_sync,
+               "steps_per_s": round(steps_this_run / elapsed, 4) if elapsed > 0 and steps_this_run else None,
+               # the whole run, over every resume (checkpoints carry the elapsed training time)
+               "seconds_total": round(elapsed_before + elapsed, 2),
+               "final_losses": last_terms or resumed_terms, "processes": world, "ranks_in_sync": in_sync,
                "interrupted": interrupted,
                "log": str(out / "log.csv"), "checkpoint": str(ck) if ck else None,
                "exports": {k: str(v) for k, v in files.items()}}
@@ -910,7 +914,7 @@ def run_training(cfg: TrainConfig, stage_cls, resume: bool = False, accelerator=
         lines = [f"{'stopped' if interrupted else 'finished'} train {cfg.stage}: step {step}/{cfg.max_steps} "
                  f"({steps_this_run} steps in {elapsed:.1f} s, {summary['steps_per_s']} steps/s, "
                  f"{world} process(es))",
-                 "final losses: " + ", ".join(f"{k}={v:.4g}" for k, v in last_terms.items()),
+                 "final losses: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["final_losses"].items()),
                  f"log:        {out / 'log.csv'}",
                  f"checkpoint: {ck}"]
         lines += [f"export:     {v}  ({k})" for k, v in files.items()]
