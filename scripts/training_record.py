@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = [("vae (5-frame clips)", "vae"), ("vae (9-frame clips)", "vae9"), ("stage1", "s1"), ("stage2", "s2"), ("stage3", "s3"), ("skeleton baseline", "skeleton")]
+STAGES = [("vae (5-frame clips)", "vae"), ("vae (9-frame clips)", "vae9"), ("stage1", "s1"), ("stage2", "s2"),
+          ("stage3", "s3"), ("skeleton baseline", "skeleton")]
 SHOW = ["loss", "l1", "psnr", "kl", "heatmap", "kp_err", "code_usage", "flow", "vq"]
 
 
@@ -38,10 +39,12 @@ Command (seeded, resumable; two single-thread processes side by side on a 2-core
 scripts/train_tiny_default.sh runs/tiny
 ```
 
-It runs `train vae` ‖ `train stage1`, then `train stage2` → `train stage3` ‖ the skeleton baseline
-(`python -m imanim_core.baselines train`, the stage-3 recipe with the same steps), all with `--preset tiny-puppet
---seed 0 --threads 1`, and installs the stage-3 export in fp16 (`install_from_export(..., dtype=float16)`) and
-the baseline. Wall time of the whole command: {f'{wall / 60:.1f} min' if wall else 'see the table'}.
+It runs `train vae` (5-frame clips) ‖ `train stage1`, then `train vae --init` on 9-frame clips (2 threads), then
+`train stage2` → `train stage3` ‖ the skeleton baseline (`python -m imanim_core.baselines train`, the stage-3
+recipe with the same steps), all with `--preset tiny-puppet --seed 0 --threads 1`, and installs the stage-3 export
+in fp16 (`install_from_export(..., dtype=float16)`) and the baseline. Wall time of the whole command:
+{f'{wall / 60:.1f} min' if wall else 'the critical path of the table (vae ‖ stage 1, vae 9-frame, stage 2 + stage 3)'}.
+Minutes are training time from the checkpoints, summed over resumes.
 
 | Stage | Steps | Minutes | Steps/s | Final logged losses |
 |---|---|---|---|---|
