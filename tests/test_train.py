@@ -363,3 +363,26 @@ def test_a_finished_run_resumed_again_keeps_its_summary(tmp_path):
     assert again["steps_this_run"] == 0 and again["step"] == 3 and again["steps_per_s"] is None
     assert again["final_losses"] == first["final_losses"] and again["final_losses"]
     assert again["seconds_total"] >= first["seconds_total"] > 0
+
+
+def test_vae_stage_starts_sharp_and_weights_the_character(tmp_path):
+    """A fresh VAE starts with a sharp posterior (log-variance bias INIT_LOGVAR), and puppet batches carry the
+    character masks the weighted L1 uses; a mask-weighted loss differs from the plain L1."""
+    from imanim_core.train.vae import INIT_LOGVAR, VAEStage
+
+    cfg = resolve_config("vae", overrides=dict(SMALL, **STAGE_SMALL["vae"], out=str(tmp_path / "v")))
+    stage = VAEStage(cfg, torch.device("cpu"))
+    module = stage.build()
+    z = module.vae.quant_conv.weight.shape[0] // 2
+    assert torch.all(module.vae.quant_conv.bias[z:] == INIT_LOGVAR)
+    batch = stage.load_batch(torch.Generator(), 0)
+    assert batch["video"].shape[:3] == (1, 3, 5) and batch["masks"].shape == (1, 5, 32, 32)
+    assert batch["masks"].any() and not batch["masks"].all()
+    module.fg_weight = 0.0
+    torch.manual_seed(0)
+    plain, terms = module(batch)
+    module.fg_weight = 4.0
+    torch.manual_seed(0)
+    weighted, _ = module(batch)
+    assert float(plain - cfg.kl_weight * terms["kl"]) == pytest.approx(float(terms["l1"]), rel=1e-5)
+    assert float(weighted) != pytest.approx(float(plain), rel=1e-4)

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..errors import CheckpointError, IMAnimError
 from .common import Stage, write_manifest
-from .data import CLIP_FPS, make_source
+from .data import CLIP_FPS, collate, make_source
 
 
 INIT_LOGVAR = -6.0
@@ -109,14 +109,15 @@ class VAEStage(Stage):
     def load_batch(self, gen, sample_offset):
         samples = self.source.samples(sample_offset, self.cfg.batch_size)
         key = "target" if "target" in samples[0] else "frames"
-        video = torch.stack([torch.as_tensor(s[key]) for s in samples])
-        video = video.permute(0, 4, 1, 2, 3).contiguous() * 2.0 - 1.0  # [B,3,T,H,W] in [-1,1]
+        with_masks = key == "target" and all("target_masks" in s for s in samples)
+        b = collate(samples, [key] + (["target_masks"] if with_masks else []))
+        video = b[key].permute(0, 4, 1, 2, 3).contiguous() * 2.0 - 1.0  # [B,3,T,H,W] in [-1,1]
         t = video.shape[2]
         if (t - 1) % 4:
             raise IMAnimError(f"train vae: clips must have 4n+1 frames, the data gave {t}")
         out = {"video": video}
-        if key == "target" and all("target_masks" in s for s in samples):
-            out["masks"] = torch.stack([torch.as_tensor(s["target_masks"]) for s in samples])  # [B,T,H,W]
+        if with_masks:
+            out["masks"] = b["target_masks"]  # [B,T,H,W] bool
         return out
 
     def export(self, module, export_dir: Path) -> dict:
