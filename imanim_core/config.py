@@ -67,6 +67,10 @@ class TokenizerConfig(_Base):
     commitment: float = 0.25
     patch_padding: tuple = (4, 2)  # conv padding of patch_embed (released model: (4, 2))
     legacy_output: bool = True  # released model reshapes [B,K,W]->[B,W,K,1] instead of transposing
+    # "vit": the TiTok-style ViT (the released layout). "conv": the tiny model's encoder (models/tokenizer.py,
+    # ConvMotionEncoder): a full-resolution CNN whose K latent tokens are soft-attention pools of its features and
+    # of the pixel coordinates; `width` is its channel count, `layers`/`heads`/`patch_*` are unused.
+    encoder: str = "vit"
 
     @property
     def grid(self) -> int:
@@ -85,10 +89,14 @@ class TokenizerConfig(_Base):
         if name == "large":
             return TokenizerConfig()
         if name == "tiny":
+            return TokenizerConfig(image_size=64, patch_size=8, width=64, layers=4, heads=4,
+                                   num_latent_tokens=32, token_dim=12, codebook_size=1024,
+                                   patch_padding=(0, 0), legacy_output=False, encoder="conv")
+        if name == "tiny-vit":  # the ViT tokenizer at the tiny size (the embedded model before v2; tests)
             return TokenizerConfig(image_size=64, patch_size=8, width=128, layers=4, heads=4,
                                    num_latent_tokens=32, token_dim=12, codebook_size=1024,
                                    patch_padding=(0, 0), legacy_output=False)
-        raise IMAnimError(f"unknown tokenizer preset {name!r}; choose 'large' or 'tiny'")
+        raise IMAnimError(f"unknown tokenizer preset {name!r}; choose 'large', 'tiny' or 'tiny-vit'")
 
 
 @dataclass(frozen=True)

@@ -117,15 +117,22 @@ def overlay(base: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> torch
 
 # --------------------------------------------------------------------------------------- Wan checks
 def check_wan_vae(vae, name: str = "vae") -> None:
-    """Only the Wan 2.1 VAE (16 latent channels, 4x temporal / 8x spatial) gives the latent IM-Animation uses."""
+    """A VAE of the Wan 2.1 latent space (16 channels, 4x temporal / 8x spatial): the Wan 2.1 VAE, or a float32
+    TAEHV-layout one with no latent scaling (the embedded tiny VAE, lighttaew2_1)."""
     import comfy.ldm.wan.vae as wan_vae
 
     fsm = getattr(vae, "first_stage_model", None)
     ch = getattr(vae, "latent_channels", None)
+    if fsm is not None and type(fsm).__name__ == "TAEHV" and ch == 16:
+        if getattr(fsm, "latent_format", None) is not None:
+            raise InputError(f"{name}: this TAEHV-layout VAE was stored in float16, so ComfyUI reads it as "
+                             f"HunyuanVideo's tiny VAE; store it in float32 (the embedded imanim_tiny_vae is)")
+        return
     if fsm is None or not isinstance(fsm, wan_vae.WanVAE) or ch != 16 or getattr(vae, "latent_dim", None) != 3:
         kind = type(fsm).__name__ if fsm is not None else type(vae).__name__
-        raise InputError(f"{name}: expected the Wan 2.1 VAE (e.g. wan_2.1_vae.safetensors, 16 latent channels); got "
-                         f"a {kind} VAE with {ch} latent channels. Wan 2.2 and light/tiny preview VAEs do not fit")
+        raise InputError(f"{name}: expected a VAE of the Wan 2.1 latent space (wan_2.1_vae.safetensors, or the "
+                         f"embedded imanim_tiny_vae); got a {kind} VAE with {ch} latent channels (Wan 2.2 and "
+                         f"HunyuanVideo VAEs have another latent space)")
 
 
 def check_wan_model(model, name: str = "model") -> dict:

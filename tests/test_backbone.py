@@ -34,7 +34,7 @@ def dit():
 @pytest.fixture(scope="module")
 def vae():
     torch.manual_seed(1)
-    return wan.build_vae("tiny").eval()
+    return wan.build_vae("wan2.1-tiny").eval()  # the Wan 2.1 VAE code path, base_dim 16
 
 
 def _shapes(sd):
@@ -56,7 +56,8 @@ def test_shipped_dit_configs_hold_the_wan21_hyper_parameters():
 
 
 def test_shipped_vae_configs():
-    for name, base in (("wan2.1", 96), ("tiny", 16)):
+    assert wan.vae_config("tiny") == {"architecture": "TinyVideoVAE", "latent_channels": 16}
+    for name, base in (("wan2.1", 96), ("wan2.1-tiny", 16)):
         cfg = wan.vae_config(name)
         assert cfg["base_dim"] == base and cfg["z_dim"] == 16 and cfg["dim_mult"] == [1, 2, 4, 4]
         assert cfg["num_res_blocks"] == 2 and cfg["temperal_downsample"] == [False, True, True]

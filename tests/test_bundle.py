@@ -156,9 +156,9 @@ def test_bad_bundles(tmp_path):
         load_bundle(p)
 
     t = dict(tensors)
-    t["tokenizer.latent_tokens"] = torch.zeros(t["tokenizer.latent_tokens"].shape, dtype=torch.int32)
+    t["tokenizer.quantize.embedding.weight"] = torch.zeros(t["tokenizer.quantize.embedding.weight"].shape, dtype=torch.int32)
     p = _write(tmp_path / "intw.safetensors", t, meta)
-    with pytest.raises(CheckpointError, match=r"expected float tensors.*tokenizer.latent_tokens \(I32\)"):
+    with pytest.raises(CheckpointError, match=r"expected float tensors.*tokenizer.quantize.embedding.weight \(I32\)"):
         load_bundle(p)
 
     p = _write(tmp_path / "badcfg.safetensors", tensors, {**meta, "config": "{not json"})
@@ -211,7 +211,7 @@ def test_describe_file_kinds(tmp_path):
     info = describe_file(b)
     assert info["kind"] == "im-animation-bundle" and info["format_version"] == "1"
     assert set(info["parts"]) == set(BundleConfig.PARTS)
-    assert info["config"]["tokenizer"]["width"] == 128
+    assert info["config"]["tokenizer"]["width"] == 64 and info["config"]["tokenizer"]["encoder"] == "conv"
     assert json.loads(json.dumps(info)) == info  # JSON-able
     u = _write(tmp_path / "u.safetensors", {"a.b": torch.zeros(2, 3)}, {})
     info = describe_file(u)

@@ -14,7 +14,8 @@ from imanim_core.models.tokenizer import (MotionTokenizer, StopRequested, auto_d
 # tiny models only: single-threaded (see conftest.one_thread)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = TokenizerConfig.preset("tiny")
+TINY = TokenizerConfig.preset("tiny")  # the conv encoder of the embedded model
+TINY_VIT = TokenizerConfig.preset("tiny-vit")  # the released (ViT) structure at a tiny size
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_lookup_rejects_bad_indices(tiny):
 
 def test_straight_through_gradient_reaches_encoder():
     torch.manual_seed(1)
-    m = MotionTokenizer(TINY).train()
+    m = MotionTokenizer(TINY_VIT).train()
     out = m.encode(torch.rand(2, 3, 64, 64))
     target = torch.randn_like(out["codes"])
     ((out["codes"] - target) ** 2).mean().backward()
@@ -98,17 +99,17 @@ def test_deterministic_for_a_seed():
 
 def test_init_is_sensible():
     torch.manual_seed(0)
-    m = MotionTokenizer(TINY)
+    m = MotionTokenizer(TINY_VIT)
     assert abs(float(m.encoder.transformer[0].mlp.c_fc.weight.detach().std()) - 0.02) < 0.005
-    assert abs(float(m.latent_tokens.detach().std()) - TINY.width ** -0.5) < 0.03
+    assert abs(float(m.latent_tokens.detach().std()) - TINY_VIT.width ** -0.5) < 0.03
     assert float(m.encoder.transformer[0].mlp.c_fc.bias.detach().abs().max()) == 0.0
-    assert torch.equal(m.encoder.ln_pre.weight, torch.ones(TINY.width))
+    assert torch.equal(m.encoder.ln_pre.weight, torch.ones(TINY_VIT.width))
 
 
 def test_legacy_output_is_a_reshape():
     """legacy_output=True feeds conv_out the raw memory of [B,K,W] read as [B,W,K,1]."""
     torch.manual_seed(0)
-    cfg = TINY.replace(legacy_output=True)
+    cfg = TINY_VIT.replace(legacy_output=True)
     m = MotionTokenizer(cfg).eval()
     captured = {}
     m.encoder.ln_post.register_forward_hook(lambda mod, i, o: captured.__setitem__("lat", o))
@@ -225,3 +226,24 @@ def test_flops_and_auto_dtype():
     assert f["mlp"] > f["attention"] > f["patch_embed"] > f["conv_out"]
     dt, why = auto_dtype("cpu", width=128)
     assert dt in (torch.float32, torch.bfloat16) and why
+
+
+def test_conv_encoder_tokens_and_anchor_logits():
+    """The tiny conv encoder: K tokens of d channels, K attention maps at the input size (the first J are the
+    stage-1 anchors), and gradients through the straight-through codes to every encoder part."""
+    torch.manual_seed(0)
+    m = MotionTokenizer(TINY).train()
+    assert m.latent_tokens is None
+    out = m.encode(torch.rand(2, 3, 64, 64))
+    assert out["codes"].shape == (2, TINY.num_latent_tokens, TINY.token_dim)
+    assert out["attn_logits"].shape == (2, TINY.num_latent_tokens, 64, 64)
+    (out["codes"] ** 2 * torch.randn_like(out["codes"])).sum().backward()
+    for name in ("encoder.features.0.weight", "encoder.attn.weight", "encoder.value.weight", "encoder.proj.weight"):
+        g = dict(m.named_parameters())[name].grad
+        assert g is not None and g.abs().sum() > 0, name
+    # the attention pool reads positions: a shifted image moves the tokens
+    img = torch.zeros(1, 3, 64, 64)
+    img[..., 10:20, 10:20] = 1.0
+    a = m.encode(img)["z"]
+    b = m.encode(torch.roll(img, shifts=(30, 30), dims=(2, 3)))["z"]
+    assert (a - b).abs().max() > 1e-3

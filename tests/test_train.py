@@ -365,16 +365,26 @@ def test_a_finished_run_resumed_again_keeps_its_summary(tmp_path):
     assert again["seconds_total"] >= first["seconds_total"] > 0
 
 
-def test_vae_stage_starts_sharp_and_weights_the_character(tmp_path):
-    """A fresh VAE starts with a sharp posterior (log-variance bias INIT_LOGVAR), and puppet batches carry the
-    character masks the weighted L1 uses; a mask-weighted loss differs from the plain L1."""
+def test_vae_stage_init_and_weights_the_character(tmp_path):
+    """A fresh tiny video VAE starts with identity memory blocks and the encoder at the Wan 2.1 channel means;
+    puppet batches carry the character masks the weighted L1 uses; a mask-weighted loss differs from the plain
+    L1; the Wan 2.1 VAE structure (--vae-preset wan2.1-tiny) still starts with a sharp posterior."""
+    from imanim_core.backbone.latents import LATENTS_MEAN
+    from imanim_core.backbone.taehv import MemoryBlock
     from imanim_core.train.vae import INIT_LOGVAR, VAEStage
+
+    over = dict(SMALL, **STAGE_SMALL["vae"], out=str(tmp_path / "w"), vae_preset="wan2.1-tiny")
+    wan_vae = VAEStage(resolve_config("vae", overrides=over), torch.device("cpu")).build().vae
+    z = wan_vae.quant_conv.weight.shape[0] // 2
+    assert torch.all(wan_vae.quant_conv.bias[z:] == INIT_LOGVAR)
 
     cfg = resolve_config("vae", overrides=dict(SMALL, **STAGE_SMALL["vae"], out=str(tmp_path / "v")))
     stage = VAEStage(cfg, torch.device("cpu"))
     module = stage.build()
-    z = module.vae.quant_conv.weight.shape[0] // 2
-    assert torch.all(module.vae.quant_conv.bias[z:] == INIT_LOGVAR)
+    assert getattr(module.vae, "is_tiny_video_vae", False)
+    blocks = [m for m in module.vae.modules() if isinstance(m, MemoryBlock)]
+    assert len(blocks) == 18 and all(float(b.conv[4].weight.abs().sum()) == 0 for b in blocks)
+    torch.testing.assert_close(module.vae.encoder[-1].bias, torch.tensor(LATENTS_MEAN))
     batch = stage.load_batch(torch.Generator(), 0)
     assert batch["video"].shape[:3] == (1, 3, 5) and batch["masks"].shape == (1, 5, 32, 32)
     assert batch["masks"].any() and not batch["masks"].all()
@@ -384,5 +394,5 @@ def test_vae_stage_starts_sharp_and_weights_the_character(tmp_path):
     module.fg_weight = 4.0
     torch.manual_seed(0)
     weighted, _ = module(batch)
-    assert float(plain - cfg.kl_weight * terms["kl"]) == pytest.approx(float(terms["l1"]), rel=1e-5)
+    assert float(plain - cfg.latent_reg_weight * terms["latent_reg"]) == pytest.approx(float(terms["l1"]), rel=1e-5)
     assert float(weighted) != pytest.approx(float(plain), rel=1e-4)

@@ -290,7 +290,8 @@ def vae_diffusers_to_original(sd: Mapping) -> dict:
 
 # ---------------------------------------------------------------------------------------------- detection
 def detect_wan_layout(keys) -> Tuple[Optional[str], Optional[str]]:
-    """``(kind, layout)``: kind ``'wan_dit'`` / ``'wan_vae'`` / None, layout ``'original'`` / ``'diffusers'`` / None.
+    """``(kind, layout)``: kind ``'wan_dit'`` / ``'wan_vae'`` / None, layout ``'original'`` / ``'diffusers'`` /
+    ``'taehv'`` (the tiny video VAE of ``backbone/taehv.py``, Wan 2.1 latent space) / None.
 
     Accepts a state dict or any iterable of keys; recognises the ``model.diffusion_model.`` (DiT) and
     ``vae.`` / ``first_stage_model.`` (VAE) prefixes of whole-checkpoint files. A Wan 2.2 VAE (48 channels,
@@ -305,6 +306,8 @@ def detect_wan_layout(keys) -> Tuple[Optional[str], Optional[str]]:
             and "decoder.upsamples.0.upsamples.0.residual.2.weight" not in vae):
         return "wan_vae", "original"
     k = set(ks)
+    if {"decoder.22.bias", "decoder.1.weight", "encoder.0.weight"} <= k:  # TAEHV layout (backbone/taehv.py)
+        return "wan_vae", "taehv"
     if {"scale_shift_table", "patch_embedding.weight", "condition_embedder.time_proj.weight",
             "blocks.0.attn1.to_q.weight"} <= k:
         return "wan_dit", "diffusers"
@@ -321,7 +324,7 @@ def detect_wan_kind(keys) -> Optional[str]:
     ``inspect`` command; diffusers-layout files give None here (see :func:`detect_wan_layout`).
     """
     kind, layout = detect_wan_layout(keys)
-    return kind if layout == "original" else None
+    return kind if layout in ("original", "taehv") else None
 
 
 # ---------------------------------------------------------------------------------------------- shapes -> config
@@ -432,6 +435,10 @@ def describe_wan(state_dict_or_keys) -> dict:
     if kind == "wan_dit":
         info["layers"] = _count_indexed(_keys(strip_prefix(keys, DIT_PREFIXES, DIT_ANCHOR)), "blocks.")
     if shapes is None:
+        return info
+    if layout == "taehv":
+        info.update(architecture="TAEHV (2D convolutions + temporal memory)", z_dim=int(shapes["decoder.1.weight"][1]),
+                    params=int(sum(math.prod(s) for s in shapes.values())))
         return info
     if layout == "diffusers":
         shapes = (dit_diffusers_to_original if kind == "wan_dit" else vae_diffusers_to_original)(shapes)

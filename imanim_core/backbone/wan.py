@@ -54,13 +54,15 @@ DIT_PRESETS = {
     "wan2.1-t2v-14b": "dit_wan2.1_t2v_14b.json",
     "tiny": "dit_tiny.json",
 }
-VAE_PRESETS = {"wan2.1": "vae_wan2.1.json", "tiny": "vae_tiny.json"}
+VAE_PRESETS = {"wan2.1": "vae_wan2.1.json", "tiny": "vae_tiny.json",
+               "wan2.1-tiny": "vae_wan2.1_tiny.json"}  # the last: a base_dim-16 Wan 2.1 VAE (tests, probes)
 _DIT_ALIASES = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b", "t2v-1.3b": "wan2.1-t2v-1.3b",
                 "t2v-14b": "wan2.1-t2v-14b"}
 _VAE_ALIASES = {"wan2.1-vae": "wan2.1", "wan-2.1": "wan2.1", "wan21": "wan2.1"}
 
 FORMAT_DIT = "wan-dit"
 FORMAT_VAE = "wan-vae"
+TINY_VAE_CLASS = "TinyVideoVAE"  # vae_tiny.json: the TAEHV-layout tiny VAE (backbone/taehv.py)
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -111,6 +113,10 @@ def vae_config(name_or_config: Union[str, Mapping] = "tiny") -> dict:
     """
     if isinstance(name_or_config, str):
         cfg = _read_preset(VAE_PRESETS[_preset_key(name_or_config, VAE_PRESETS, _VAE_ALIASES, "Wan VAE")])
+        if _is_tiny_vae_config(cfg):
+            return cfg
+    elif _is_tiny_vae_config(name_or_config):
+        return dict(name_or_config)
     else:
         cfg = _clean_config(name_or_config, _model_classes()[1], "Wan VAE")
     cfg.setdefault("latents_mean", list(_latents.LATENTS_MEAN))
@@ -129,11 +135,21 @@ def build_dit(name_or_config_dict: Union[str, Mapping] = "tiny", dtype: Optional
     return model
 
 
+def _is_tiny_vae_config(cfg: Mapping) -> bool:
+    return cfg.get("architecture") == TINY_VAE_CLASS
+
+
 def build_vae(name_or_config_dict: Union[str, Mapping] = "tiny", dtype: Optional[torch.dtype] = None,
               device=None):
-    """A randomly initialised ``AutoencoderKLWan`` from a preset (``"tiny"``, ``"wan2.1"``) or a config dict."""
-    cls = _model_classes()[1]
-    model = cls.from_config(vae_config(name_or_config_dict))
+    """A randomly initialised VAE from a preset or a config dict: ``"wan2.1"`` is an ``AutoencoderKLWan``;
+    ``"tiny"`` is the TAEHV-layout :class:`~imanim_core.backbone.taehv.TinyVideoVAE` (same Wan 2.1 latent space)."""
+    cfg = vae_config(name_or_config_dict)
+    if _is_tiny_vae_config(cfg):
+        from .taehv import TinyVideoVAE
+
+        model = TinyVideoVAE(cfg.get("latent_channels", 16))
+    else:
+        model = _model_classes()[1].from_config(cfg)
     if dtype is not None or device is not None:
         model = model.to(device=device, dtype=dtype)
     return model
@@ -257,6 +273,17 @@ def _load(path, kind_wanted: str, fmt: str, dtype, device):
         raise CheckpointError(f"{str(p)!r} is {_looks_like(kind, shapes)}, expected {what} "
                               f"(original Wan 2.1 layout, as ComfyUI loads it)")
     sd = _read_tensors(p, what, prefix)
+    if layout == "taehv":
+        from .taehv import TinyVideoVAE
+
+        model = TinyVideoVAE()
+        try:
+            model.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            msg = " ".join(m.strip() for m in str(e).splitlines()[:4])
+            raise CheckpointError(f"{what} file {str(p)!r} has the TAEHV key layout but does not match the tiny "
+                                  f"video VAE (16 latent channels): {msg}") from None
+        return model.to(device=device, dtype=dtype).eval()
     if kind == "wan_dit":
         orig_shapes = shapes if layout == "original" else dit_diffusers_to_original(shapes)
         sd = dit_original_to_diffusers(sd) if layout == "original" else sd
@@ -343,7 +370,15 @@ def save_dit(model, path, dtype: Optional[torch.dtype] = None) -> Path:
 
 
 def save_vae(vae, path, dtype: Optional[torch.dtype] = None) -> Path:
-    """Write an ``AutoencoderKLWan`` (Wan 2.1 structure) as an original-layout safetensors file."""
+    """Write an ``AutoencoderKLWan`` (Wan 2.1 structure) as an original-layout safetensors file, or a
+    :class:`~imanim_core.backbone.taehv.TinyVideoVAE` in its TAEHV layout, **always float32** (``dtype`` is
+    ignored for it: ComfyUI reads a float16 file of that layout as HunyuanVideo's tiny VAE)."""
+    if getattr(vae, "is_tiny_video_vae", False):
+        tensors = _prepare(vae.state_dict(), torch.float32)
+        meta = {"format": FORMAT_VAE, "layout": "taehv", "config": json.dumps({"architecture": TINY_VAE_CLASS,
+                                                                               "latent_channels": 16}),
+                "writer": "imanim_core"}
+        return _atomic_save(tensors, path, meta)
     cfg = _public_config(vae)
     if cfg.get("is_residual"):
         raise InputError("Wan VAE to save: a Wan 2.2 (residual) VAE has no Wan 2.1 original layout")
@@ -373,7 +408,10 @@ def vae_encode(vae, video: torch.Tensor) -> torch.Tensor:
     if video.numel() and (float(video.amax()) > 1.5 or float(video.amin()) < -1.5):
         raise InputError(f"video to encode: expected values in [-1, 1], got [{float(video.amin()):.3g}, "
                          f"{float(video.amax()):.3g}] (convert [0, 1] images with x * 2 - 1)")
-    z = vae.encode(video.to(_vae_dtype(vae))).latent_dist.mode()
+    if getattr(vae, "is_tiny_video_vae", False):
+        z = vae.encode_raw(video)
+    else:
+        z = vae.encode(video.to(_vae_dtype(vae))).latent_dist.mode()
     return _latents.normalize(z.float())
 
 
@@ -383,5 +421,8 @@ def vae_decode(vae, latent: torch.Tensor) -> torch.Tensor:
         shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
         raise InputError(f"latent to decode: expected a tensor [B, 16, T, h, w], got {shape}")
     z = _latents.denormalize(latent.float()).to(_vae_dtype(vae))
-    x = vae.decode(z, return_dict=False)[0]
+    if getattr(vae, "is_tiny_video_vae", False):
+        x = vae.decode_raw(z)
+    else:
+        x = vae.decode(z, return_dict=False)[0]
     return x.float().clamp(-1.0, 1.0)

@@ -46,6 +46,9 @@ def add_arguments(parser):
                         help="run seed of the training to check the held-out seeds against (default 0)")
     parser.add_argument("--check-items", type=int, default=None,
                         help="training items to regenerate for that check (default 100000; quick 20000; 0 = skip)")
+    parser.add_argument("--stages", action="store_true",
+                        help="also run the per-stage gates (vae, stage 1, stage 2, then stage 3 / end to end from the "
+                             "benchmark) on held-out puppet data, each next to its trivial baseline: DIR/gates.md")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(threads=1)  # tiny models: one thread is fastest, and robust on a shared machine
 
@@ -126,6 +129,33 @@ def run(args) -> int:
     statuses["skeleton"] = sk_status
     if sk is not None:
         statuses["skeleton"] = f"ok ({sk.folder})"
+    stage_gates = []
+    if args.stages:
+        from .. import stage_gates as G
+
+        t0 = time.perf_counter()
+        stage_gates += G.vae_gates(vae, clips=2 if quick else 6, frames=frames)
+        stage_gates += G.stage1_gates(bundle, frames=32 if quick else 256)
+        if bundle.retargeter is not None:
+            stage_gates += G.stage2_gates(bundle, vae, clips=4 if quick else 24)
+        print(f"stage gates (vae, stage 1, stage 2) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+    def stage3(results, cases, frames, size, kw):
+        """Gates from the benchmark at the largest mismatch, plus: does another driver change the result?"""
+        from .. import stage_gates as G
+
+        big = [c for c in cases if c.level == "large"] or list(cases)
+        a, b = E.render_case(big[0], size, frames, args.fps), E.render_case(big[-1 if len(big) > 1 else 0], size,
+                                                                            frames, args.fps)
+        if len(big) < 2:  # one case only (--quick): the other driver is the same clip reversed
+            b = dict(b, driving=b["driving"][::-1].copy())
+        run_ = lambda drv, seed: P.run(a["identity"], drv, bundle, dit, vae, size=size,
+                                       **dict(kw, seed=seed)).frames.astype(np.float32)
+        r0 = run_(a["driving"], args.seed)
+        change = float(np.abs(run_(b["driving"], args.seed) - r0).mean())
+        floor = float(np.abs(run_(a["driving"], args.seed + 1) - r0).mean())
+        return G.stage3_gates({"results": results}, "large", change, floor)
+
     examples = {}
     torch.manual_seed(0)
     bench = E.run_benchmark(methods, cases, size, frames, args.fps, reader=reader, statuses=statuses,
@@ -146,7 +176,20 @@ def run(args) -> int:
         "per_case": [{k: v for k, v in c.items() if k != "_pooled"} for c in bench["per_case"]],
         "seconds": {"methods": bench["seconds"], "total": time.perf_counter() - t_start},
     }
+    if args.stages:
+        report["gates"] = stage_gates + stage3(bench["results"], cases, frames, size, kw)
     files = E.write_report(report, args.out, examples)
+    if args.stages:
+        from pathlib import Path
+
+        from .. import stage_gates as G
+        from ..io.atomic import atomic_output
+
+        md = G.markdown(report["gates"])
+        files["gates"] = Path(args.out) / "gates.md"
+        with atomic_output(files["gates"]) as tmp:
+            tmp.write_text("# Per-stage gates (held-out puppet data)\n\n" + md, encoding="utf-8")
+        print(md)
     head = ("psnr", "ssim", "iou", "kp_err_rel", "leak_bones", "colour_leak")
     print(f"{'method':<16}" + "".join(f"{k:>12}" for k in head))
     for m, r in bench["results"].items():

@@ -48,10 +48,19 @@ class Stage1Module(nn.Module):
         hm = self.joint_head(self.motion_decoder(enc["codes"]))
         l_hm = weighted_heatmap_mse(hm, batch["heatmaps"], self.fg_weight)
         loss = self.heatmap_weight * l_hm + self.vq_weight * enc["loss"]
+        extra = {}
+        if "attn_logits" in enc:  # conv tokenizer: its first J attention maps learn the joints (auxiliary)
+            target = batch["heatmaps"]
+            logits = enc["attn_logits"][:, :target.shape[1]]
+            if logits.shape[-2:] != target.shape[-2:]:
+                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            l_aux = weighted_heatmap_mse(logits, target[:, :logits.shape[1]], self.fg_weight)
+            loss = loss + self.heatmap_weight * l_aux
+            extra["anchor"] = l_aux.detach()
         with torch.no_grad():
             used = torch.unique(enc["indices"]).numel() / float(self.tokenizer.cfg.codebook_size)
         return loss, {"heatmap": l_hm.detach(), "vq": enc["loss"].detach(), "code_usage": torch.tensor(used),
-                      "kp_err": keypoint_error(hm.detach(), batch["heatmaps"])}
+                      "kp_err": keypoint_error(hm.detach(), batch["heatmaps"]), **extra}
 
 
 class Stage1(Stage):

@@ -23,11 +23,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, IMAnimError
-from .common import Stage, write_manifest
+from .common import Stage, mix_seed, write_manifest
 from .data import CLIP_FPS, collate, make_source
 
 
 INIT_LOGVAR = -6.0
+# tiny video VAE: target std of the normalised latent. Its decoder soft-clamps raw latents at about +-3 and
+# Wan 2.1 stds reach 3.3, so std 1 would saturate it; 0.6 keeps raw values in range (gate: std in [0.5, 2]).
+LATENT_TARGET_STD = 0.6
 
 
 def start_sharp(vae) -> None:
@@ -43,33 +46,51 @@ def start_sharp(vae) -> None:
 
 
 class VAEModule(nn.Module):
-    def __init__(self, vae, kl_weight: float, fg_weight: float = 0.0):
+    def __init__(self, vae, kl_weight: float, fg_weight: float = 0.0, latent_reg_weight: float = 0.0):
         super().__init__()
         self.vae = vae
         self.kl_weight = kl_weight
         self.fg_weight = fg_weight
+        self.latent_reg_weight = latent_reg_weight
 
-    def forward(self, batch):
-        from ..backbone.latents import latent_stats
-
-        x = batch["video"]
-        post = self.vae.encode(x).latent_dist
-        z = post.sample()
-        rec = self.vae.decode(z).sample
+    def _rec_loss(self, rec, x, batch):
         err = (rec.float() - x.float()).abs()
         l1 = err.mean()
         rec_loss = l1
         if self.fg_weight > 0 and batch.get("masks") is not None:
             w = 1.0 + self.fg_weight * batch["masks"].to(err.dtype)[:, None]  # [B,1,T,H,W]
             rec_loss = (err * w).mean() / w.mean()
+        with torch.no_grad():
+            mse = (rec.float() - x.float()).pow(2).mean().clamp_min(1e-10)
+            psnr = 10.0 * torch.log10(4.0 / mse)
+        return l1, rec_loss, psnr
+
+    def forward(self, batch):
+        from ..backbone.latents import latent_stats
+
+        x = batch["video"]
         mean, std = latent_stats(5, x.device, torch.float32)
+        if getattr(self.vae, "is_tiny_video_vae", False):
+            # deterministic autoencoder: reconstruction + a weak pull of the normalised latent's per-channel
+            # statistics towards mean 0 / std 1 (what the DiT expects; every host normalises with Wan 2.1's stats)
+            z = self.vae.encode_raw(x)
+            rec = self.vae.decode_raw(z)
+            l1, rec_loss, psnr = self._rec_loss(rec, x, batch)
+            zn = (z.float() - mean) / std
+            m = zn.mean(dim=(0, 2, 3, 4))
+            sd = zn.std(dim=(0, 2, 3, 4))
+            reg = (m.pow(2) + torch.log(sd.clamp_min(1e-4) / LATENT_TARGET_STD).pow(2)).mean()
+            loss = rec_loss + self.latent_reg_weight * reg
+            return loss, {"l1": l1.detach(), "latent_reg": reg.detach(), "psnr": psnr,
+                          "latent_std": zn.detach().std(), "latent_mean": zn.detach().mean()}
+        post = self.vae.encode(x).latent_dist
+        z = post.sample()
+        rec = self.vae.decode(z).sample
+        l1, rec_loss, psnr = self._rec_loss(rec, x, batch)
         mu_n = (post.mean.float() - mean) / std
         var_n = post.var.float() / (std * std)
         kl = 0.5 * (mu_n.pow(2) + var_n - 1.0 - torch.log(var_n.clamp_min(1e-12))).mean()
         loss = rec_loss + self.kl_weight * kl
-        with torch.no_grad():
-            mse = (rec.float() - x.float()).pow(2).mean().clamp_min(1e-10)
-            psnr = 10.0 * torch.log10(4.0 / mse)
         return loss, {"l1": l1.detach(), "kl": kl.detach(), "psnr": psnr, "latent_std": mu_n.detach().std()}
 
 
@@ -89,13 +110,18 @@ class VAEStage(Stage):
             vae = build_vae(cfg.vae_preset) if self.dry else load_vae(p)
         else:
             vae = build_vae(cfg.vae_preset)
-            start_sharp(vae)
+            if getattr(vae, "is_tiny_video_vae", False):
+                from ..backbone.latents import LATENTS_MEAN
+
+                vae.init_for_training(LATENTS_MEAN)
+            else:
+                start_sharp(vae)
         vae.train()
         if not self.dry:
             vae.to(self.device)
             # stage-2 samples: the target clip comes with character masks in the puppet world
             self.source = make_source(cfg, 2, cfg.num_frames, fps=CLIP_FPS)
-        return VAEModule(vae, cfg.kl_weight, cfg.vae_fg_weight)
+        return VAEModule(vae, cfg.kl_weight, cfg.vae_fg_weight, cfg.latent_reg_weight)
 
     def param_groups(self) -> list:
         return [{"name": "vae", "params": [p for p in self.module.parameters() if p.requires_grad], "lr_scale": 1.0}]
@@ -118,6 +144,17 @@ class VAEStage(Stage):
         out = {"video": video}
         if with_masks:
             out["masks"] = b["target_masks"]  # [B,T,H,W] bool
+        crop = int(self.cfg.vae_crop)
+        if 0 < crop < min(video.shape[-2:]):
+            # random square crops (the VAE is convolutional): ~4x cheaper steps at 64 of 128 px
+            g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, "vae-crop", sample_offset))
+            h, w = video.shape[-2:]
+            ys = torch.randint(0, (h - crop) // 8 + 1, (video.shape[0],), generator=g) * 8
+            xs = torch.randint(0, (w - crop) // 8 + 1, (video.shape[0],), generator=g) * 8
+            out["video"] = torch.stack([v[..., y:y + crop, x:x + crop] for v, y, x in zip(video, ys.tolist(), xs.tolist())])
+            if with_masks:
+                out["masks"] = torch.stack([m[..., y:y + crop, x:x + crop]
+                                            for m, y, x in zip(out["masks"], ys.tolist(), xs.tolist())])
         return out
 
     def export(self, module, export_dir: Path) -> dict:

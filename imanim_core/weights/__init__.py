@@ -5,7 +5,7 @@ Layout (the sub-folders are the ComfyUI model folders the node pack registers, s
 stock *Load Diffusion Model* / *Load VAE* lists and in *Load IM-Animation Models*)::
 
     imanim_core/weights/diffusion_models/imanim_tiny_dit.safetensors   tiny Wan DiT, original Wan key layout
-    imanim_core/weights/vae/imanim_tiny_vae.safetensors                 tiny Wan 2.1 VAE, original layout
+    imanim_core/weights/vae/imanim_tiny_vae.safetensors                 tiny video VAE, TAEHV layout, fp32 (Wan 2.1 latents)
     imanim_core/weights/im_animation/imanim_tiny.safetensors            IM-Animation bundle (all five parts)
 
 The files are produced by the staged training on the puppet world (``python -m imanim_core train ...``); a

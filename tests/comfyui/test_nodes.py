@@ -354,3 +354,15 @@ def test_denoiser_parity_with_diffusers(comfyui_path, model_files):
     assert res["motion_effect"] > 1e-2, res  # the motion really changes the output
     assert res["single"] < 1e-5 and res["windowed"] < 1e-5, res
     assert res["windowed_windows"] == 2
+
+
+def test_tiny_vae_parity_with_comfyui_stock_loader(comfyui_path, model_files):
+    """The embedded VAE's layout (TAEHV, fp32): ComfyUI's stock VAE and imanim_core's TinyVideoVAE agree."""
+    r = subprocess.run([comfy_python(), str(HERE / "vae_parity_check.py"), str(comfyui_path), model_files["vae"]],
+                       capture_output=True, text=True, timeout=600, env=subprocess_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    print("\nvae parity:", res)
+    assert res["kind"] == "TAEHV" and res["latent_format"] is None, res  # fp32: no HunyuanVideo scaling
+    assert res["latent_shape"] == [1, 16, 3, 8, 8] and res["frames"] == 9, res
+    assert res["encode"] < 1e-4 * max(1.0, res["scale"]) and res["decode"] < 1e-3, res
