@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 RUN=${1:-runs/tiny}
 SCALE=${STEPS_SCALE:-1}
 steps() { python3 -c "import sys; print(max(2, int(round($1 * $SCALE))))"; }
-VAE_STEPS=$(steps ${VAE_STEPS:-1500})
+VAE_STEPS=$(steps ${VAE_STEPS:-1850})
 S1_STEPS=$(steps ${S1_STEPS:-1200})
 S2_STEPS=$(steps ${S2_STEPS:-600})
 S3_STEPS=$(steps ${S3_STEPS:-1500})

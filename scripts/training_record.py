@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = [("vae (5-frame clips)", "vae"), ("vae (9-frame clips)", "vae9"), ("stage1", "s1"), ("stage2", "s2"),
+STAGES = [("vae (TAEHV layout, 9-frame clips, 64-px crops, bf16)", "vae"), ("stage1", "s1"), ("stage2", "s2"),
           ("stage3", "s3"), ("skeleton baseline", "skeleton")]
-SHOW = ["loss", "l1", "psnr", "kl", "heatmap", "kp_err", "code_usage", "flow", "vq"]
+SHOW = ["loss", "l1", "psnr", "latent_std", "heatmap", "anchor", "kp_err", "code_usage", "flow", "vq"]
 
 
 def main(argv):
@@ -31,6 +31,8 @@ def main(argv):
         losses = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k in SHOW)
         rows.append(f"| {name} | {s['step']} | {seconds / 60:.1f} | {s['step'] / seconds:.2f} | {losses} |")
     out = Path(__file__).resolve().parents[1] / "imanim_core" / "weights" / "TRAINING.md"
+    g = run / "eval" / "gates.md"
+    gates = g.read_text().split("\n", 2)[-1] if g.is_file() else "(not run: `eval --stages` writes DIR/eval/gates.md)\n"
     text = f"""# How the embedded tiny model was trained
 
 Command (seeded, resumable; two single-thread processes side by side on a 2-core CPU, no GPU):
@@ -39,24 +41,29 @@ Command (seeded, resumable; two single-thread processes side by side on a 2-core
 scripts/train_tiny_default.sh runs/tiny
 ```
 
-It runs `train vae` (5-frame clips) ‖ `train stage1`, then `train vae --init` on 9-frame clips (2 threads), then
-`train stage2` → `train stage3` ‖ the skeleton baseline (`python -m imanim_core.baselines train`, the stage-3
-recipe with the same steps), all with `--preset tiny-puppet --seed 0 --threads 1`, and installs the stage-3 export
-in fp16 (`install_from_export(..., dtype=float16)`) and the baseline. Wall time of the whole command:
-{f'{wall / 60:.1f} min' if wall else 'the critical path of the table (vae ‖ stage 1, vae 9-frame, stage 2 + stage 3)'}.
+It runs `train vae` ‖ `train stage1`, then `train stage2` → `train stage3` ‖ the skeleton baseline
+(`python -m imanim_core.baselines train`, the stage-3 recipe with the same steps), all with
+`--preset tiny-puppet --seed 0 --threads 1`, installs the stage-3 export (DiT and bundle in fp16, the VAE in fp32)
+and the baseline, and ends with `python -m imanim_core eval --stages` (the gate table below). Wall time of the whole
+command: {f'{wall / 60:.1f} min' if wall else 'the critical path of the table (vae ‖ stage 1, then stage 2 + stage 3)'}.
 Minutes are training time from the checkpoints, summed over resumes.
 
 | Stage | Steps | Minutes | Steps/s | Final logged losses |
 |---|---|---|---|---|
 """ + "\n".join(rows) + """
 
-Files (fp16): `diffusion_models/imanim_tiny_dit.safetensors` (tiny Wan DiT, dim 256, 4 layers, original Wan
-layout), `vae/imanim_tiny_vae.safetensors` (tiny Wan 2.1 VAE, base dim 16), `im_animation/imanim_tiny.safetensors`
-(tokenizer + motion decoder + joint head + retargeter + injector), `baselines/skeleton/` (the explicit
-baseline of `eval`: skeleton encoder + injector, and its own DiT; it shares the VAE).
+Files: `diffusion_models/imanim_tiny_dit.safetensors` (fp16 tiny Wan DiT, dim 256, 4 layers, original Wan
+layout), `vae/imanim_tiny_vae.safetensors` (fp32 tiny video VAE in the TAEHV layout, Wan 2.1 latent space; ComfyUI's
+stock *Load VAE* reads it), `im_animation/imanim_tiny.safetensors` (fp16: conv motion tokenizer + motion decoder +
+joint head + retargeter + injector), `baselines/skeleton/` (the explicit baseline of `eval`: skeleton encoder +
+injector, and its own DiT; it shares the VAE).
 
 Video grid 128×128 (latent 16×16, DiT grid 8×8), clips of 9 frames, tokenizer 64 px, zero text.
-Quality: see the README's benchmark section (`python -m imanim_core eval`).
+
+## Per-stage gates (`python -m imanim_core eval --stages`, held-out puppet data)
+
+""" + gates + """
+Quality in full: the README's benchmark section (`python -m imanim_core eval`).
 """
     out.write_text(text)
     print(f"wrote {out}")

@@ -284,3 +284,7 @@ def test_animate_and_demo_commands(files, tmp_path, capsys):
     res, _ = read_video(tmp_path / "demo" / "result.mp4")
     sbs, _ = read_video(tmp_path / "demo" / "side_by_side.mp4")
     assert res.shape[0] == 5 and sbs.shape[0] == 5 and sbs.shape[2] == 4 * res.shape[2]
+    import cv2
+
+    strip = cv2.imread(str(tmp_path / "demo" / "strip.png"))  # 4 moments x (identity | driving | result | gt)
+    assert strip.shape[0] == 4 * sbs.shape[1] and strip.shape[1] == sbs.shape[2]

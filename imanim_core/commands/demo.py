@@ -3,7 +3,8 @@
 Makes a puppet character (the identity) and a driving video of a *different* body (another build and size),
 animates the character with the driver's motion using the embedded tiny model, and writes DIR/result.mp4 and
 DIR/side_by_side.mp4 (identity | driving | result | ground truth = the character doing the driver's motion,
-rendered exactly by the puppet world), DIR/identity.png and DIR/driving.mp4. Prints the wall time, the peak
+rendered exactly by the puppet world), DIR/strip.png (the same four columns at four moments, one row each),
+DIR/identity.png and DIR/driving.mp4. Prints the wall time, the peak
 memory and how close the result is to the ground truth.
 """
 from __future__ import annotations
@@ -119,6 +120,10 @@ def run(args) -> int:
              write_video(out / "driving.mp4", case["driving"], args.fps)]
     cv2.imwrite(str(out / "identity.png"), case["identity"][..., ::-1])
     files.append(out / "identity.png")
+    sbs = side_by_side(case["identity"], case["driving"], res.frames, case["gt"], 1)
+    picks = np.linspace(0, len(sbs) - 1, num=min(4, len(sbs))).round().astype(int)
+    cv2.imwrite(str(out / "strip.png"), np.concatenate([sbs[i] for i in picks], axis=0)[..., ::-1])
+    files.append(out / "strip.png")
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     psnr = float(np.mean(E.psnr_frames(res.frames, case["gt"])))

@@ -1,6 +1,6 @@
 """Staged training (DESIGN §2): ``python -m imanim_core train vae|stage1|stage2|stage3``.
 
-- ``vae.py``     the tiny Wan 2.1 VAE (tiny preset only) -> ``export/vae.safetensors`` (original Wan layout)
+- ``vae.py``     the tiny video VAE (tiny preset only) -> ``export/vae.safetensors`` (TAEHV layout, fp32)
 - ``stage1.py``  tokenizer + motion decoder + joint head on pose heatmaps -> ``export/bundle.safetensors``
 - ``stage2.py``  retargeter (+ joint head) with heatmap supervision, codebook frozen -> bundle + manifest (VAE)
 - ``stage3.py``  Wan DiT (full / adapter / LoRA) + injector (+ retargeter) by flow matching with the reference

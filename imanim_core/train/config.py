@@ -193,7 +193,7 @@ class TrainConfig(_Base):
         if self.preset == "real" and not self.data:
             bad("--data", "the 'real' preset trains on a video folder; pass --data DIR")
         if self.stage == "vae" and self.preset != "tiny-puppet":
-            bad("--preset", "stage vae trains the tiny Wan 2.1 VAE only (use the released Wan 2.1 VAE for real runs)")
+            bad("--preset", "stage vae trains the tiny VAE only (use the released Wan 2.1 VAE for real runs)")
         from ..backbone.wan import dit_config, vae_config  # JSON presets only; diffusers is not imported
 
         dit_config(self.dit_preset)
@@ -217,7 +217,8 @@ _TINY = {
                    retargeter={"width": 128}),
     # a pool of 1024 clips whose VAE latents are cached (the VAE is ~3/4 of an uncached step on a CPU)
     "stage3": dict(batch_size=2, num_frames=9, lr=3e-4, warmup_steps=100, max_steps=4000, ckpt_every=500,
-                   sample_pool=1024, dit_training="full", retargeter_lr_scale=0.1, retargeter={"width": 128}),
+                   sample_pool=1024, dit_training="full", retargeter_lr_scale=0.1, retargeter={"width": 128},
+                   mixed_precision="bf16"),  # bf16 autocast: 1.7x faster steps on this CPU (measured, same loss)
 }
 _REAL = {
     "stage1": dict(tokenizer_preset="large", batch_size=32, lr=1e-4, warmup_steps=1000, max_steps=100_000,

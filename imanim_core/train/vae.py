@@ -1,5 +1,12 @@
-"""Stage ``vae`` (tiny preset only): the tiny Wan 2.1 VAE (``backbone`` preset 'tiny') on puppet clips, or on a
-video folder with ``--data``.
+"""Stage ``vae`` (tiny preset only): the tiny video VAE (``backbone`` preset 'tiny': the TAEHV-layout
+:class:`~imanim_core.backbone.taehv.TinyVideoVAE`, Wan 2.1 latent space) on puppet clips, or on a video folder with
+``--data``. ``--vae-preset wan2.1-tiny`` trains a base-dim-16 Wan 2.1 ``AutoencoderKLWan`` instead (the embedded
+model's VAE up to v1; it plateaued at ~19 dB on a CPU budget).
+
+Tiny video VAE: loss = character-weighted L1 + ``latent_reg_weight`` x (mean^2 + log(std / 0.6)^2) of each channel
+of the normalised latent (target std 0.6: the decoder soft-clamps raw latents at about +-3, Wan 2.1 stds reach 3.3;
+with target 1 the clamp saturated and the reconstructions stayed colourless). Trained on random 64-px crops
+(``--vae-crop``) in bf16 autocast. The rest of this docstring describes the Wan 2.1 structure.
 
 Clips of ``num_frames`` = 1 + 4n frames (default 5) at ``height x width`` (default 128 x 128), values in [-1, 1].
 Loss: ``weighted L1(reconstruction, clip) + kl_weight * KL``, where the KL is taken for the **normalised** posterior
@@ -128,6 +135,11 @@ class VAEStage(Stage):
 
     def describe(self) -> str:
         c = self.cfg
+        if c.vae_preset == "tiny":
+            crop = f", {c.vae_crop}-px crops" if c.vae_crop else ""
+            return (f"stage vae: trains the tiny video VAE (TAEHV layout) on {c.num_frames}-frame clips at "
+                    f"{c.height}x{c.width}{crop} (L1 with character pixels x {1 + c.vae_fg_weight:g} where masks exist + "
+                    f"{c.latent_reg_weight:g} x latent statistics)")
         return (f"stage vae: trains the whole tiny Wan 2.1 VAE on {c.num_frames}-frame clips at {c.height}x{c.width} "
                 f"(L1 with character pixels x {1 + c.vae_fg_weight:g} where masks exist + {c.kl_weight:g} x KL of the "
                 f"normalised posterior)")

@@ -4,7 +4,7 @@ Usage: python make_models.py MODELS_DIR [COMFYUI_DIR]   (with ComfyUI's Python w
 
 diffusion_models/imanim_test_dit.safetensors         tiny Wan DiT, width 256 (original key layout)
 diffusion_models/imanim_test_dit_w128.safetensors    tiny Wan DiT, width 128 (does not fit the bundle)
-vae/imanim_test_vae.safetensors                      tiny Wan 2.1 VAE
+vae/imanim_test_vae.safetensors                      tiny video VAE (TAEHV layout, fp32, Wan 2.1 latents)
 vae/imanim_test_taesd.safetensors                    a TAESD VAE (4 latent channels; another kind), needs ComfyUI
 im_animation/imanim_test_bundle.safetensors          tokenizer/decoder/joint head/retargeter/injector (dit 256)
 im_animation/imanim_test_bundle_othertok.safetensors same, but its tokenizer has another codebook (another config)
