@@ -18,7 +18,7 @@ SCALE=${STEPS_SCALE:-1}
 steps() { python3 -c "import sys; print(max(2, int(round($1 * $SCALE))))"; }
 VAE_STEPS=$(steps ${VAE_STEPS:-1850})
 S1_STEPS=$(steps ${S1_STEPS:-1200})
-S2_STEPS=$(steps ${S2_STEPS:-600})
+S2_STEPS=$(steps ${S2_STEPS:-342})
 S3_STEPS=$(steps ${S3_STEPS:-1500})
 SEED=${SEED:-0}
 PY=${PY:-.venv/bin/python}

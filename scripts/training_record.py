@@ -31,6 +31,8 @@ def main(argv):
         losses = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k in SHOW)
         rows.append(f"| {name} | {s['step']} | {seconds / 60:.1f} | {s['step'] / seconds:.2f} | {losses} |")
     out = Path(__file__).resolve().parents[1] / "imanim_core" / "weights" / "TRAINING.md"
+    n = run / "NOTES.md"  # how this particular run deviated from a plain run of the script, if it did
+    notes = "\n" + n.read_text() if n.is_file() else ""
     g = run / "eval" / "gates.md"
     gates = g.read_text().split("\n", 2)[-1] if g.is_file() else "(not run: `eval --stages` writes DIR/eval/gates.md)\n"
     text = f"""# How the embedded tiny model was trained
@@ -43,7 +45,7 @@ scripts/train_tiny_default.sh runs/tiny
 
 It runs `train vae` ‖ `train stage1`, then `train stage2` → `train stage3` ‖ the skeleton baseline
 (`python -m imanim_core.baselines train`, the stage-3 recipe with the same steps), all with
-`--preset tiny-puppet --seed 0 --threads 1`, installs the stage-3 export (DiT and bundle in fp16, the VAE in fp32)
+`--preset tiny-puppet --seed 0 --threads 1`, installs the stage-3 export (fp16; the VAE's `decoder.1.weight` stays fp32, see `save_vae`)
 and the baseline, and ends with `python -m imanim_core eval --stages` (the gate table below). Wall time of the whole
 command: {f'{wall / 60:.1f} min' if wall else 'the critical path of the table (vae ‖ stage 1, then stage 2 + stage 3)'}.
 Minutes are training time from the checkpoints, summed over resumes.
@@ -53,13 +55,13 @@ Minutes are training time from the checkpoints, summed over resumes.
 """ + "\n".join(rows) + """
 
 Files: `diffusion_models/imanim_tiny_dit.safetensors` (fp16 tiny Wan DiT, dim 256, 4 layers, original Wan
-layout), `vae/imanim_tiny_vae.safetensors` (fp32 tiny video VAE in the TAEHV layout, Wan 2.1 latent space; ComfyUI's
+layout), `vae/imanim_tiny_vae.safetensors` (fp16 tiny video VAE in the TAEHV layout, Wan 2.1 latent space; ComfyUI's
 stock *Load VAE* reads it), `im_animation/imanim_tiny.safetensors` (fp16: conv motion tokenizer + motion decoder +
 joint head + retargeter + injector), `baselines/skeleton/` (the explicit baseline of `eval`: skeleton encoder +
 injector, and its own DiT; it shares the VAE).
 
 Video grid 128×128 (latent 16×16, DiT grid 8×8), clips of 9 frames, tokenizer 64 px, zero text.
-
+""" + notes + """
 ## Per-stage gates (`python -m imanim_core eval --stages`, held-out puppet data)
 
 """ + gates + """

@@ -371,10 +371,13 @@ def save_dit(model, path, dtype: Optional[torch.dtype] = None) -> Path:
 
 def save_vae(vae, path, dtype: Optional[torch.dtype] = None) -> Path:
     """Write an ``AutoencoderKLWan`` (Wan 2.1 structure) as an original-layout safetensors file, or a
-    :class:`~imanim_core.backbone.taehv.TinyVideoVAE` in its TAEHV layout, **always float32** (``dtype`` is
-    ignored for it: ComfyUI reads a float16 file of that layout as HunyuanVideo's tiny VAE)."""
+    :class:`~imanim_core.backbone.taehv.TinyVideoVAE` in its TAEHV layout with ``decoder.1.weight`` always in
+    float32 (ComfyUI reads a file of that layout whose ``decoder.1.weight`` is float16 as HunyuanVideo's tiny VAE)."""
     if getattr(vae, "is_tiny_video_vae", False):
-        tensors = _prepare(vae.state_dict(), torch.float32)
+        # ComfyUI decides "HunyuanVideo scaling" from the dtype of decoder.1.weight alone (float16 = HunyuanVideo):
+        # that tensor always stays float32, the rest may be stored smaller (the embedded file: float16, 22.6 MB)
+        tensors = _prepare(vae.state_dict(), dtype)
+        tensors["decoder.1.weight"] = tensors["decoder.1.weight"].float()
         meta = {"format": FORMAT_VAE, "layout": "taehv", "config": json.dumps({"architecture": TINY_VAE_CLASS,
                                                                                "latent_channels": 16}),
                 "writer": "imanim_core"}
