@@ -78,7 +78,7 @@ def make_vae(path, seed: int = SEED):
     from imanim_core.backbone.wan import build_vae, save_vae
 
     torch.manual_seed(seed)
-    save_vae(build_vae("tiny"), path, dtype=torch.float16)  # stored like the embedded file (see save_vae)
+    save_vae(build_vae("tiny"), path)
 
 
 def make_taesd(path, comfy_dir: str):
