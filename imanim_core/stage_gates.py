@@ -32,7 +32,8 @@ GATES = {
 
 
 def _gate(name, value, ok, target, baseline=None, note="") -> dict:
-    return {"gate": name, "value": float(value), "target": target, "baseline": baseline, "pass": bool(ok),
+    return {"gate": name, "value": float(value), "target": target, "baseline": baseline,
+            "pass": None if ok is None else bool(ok),  # None: reported, no threshold
             "note": note}
 
 
@@ -114,7 +115,7 @@ def stage1_gates(bundle, frames: int = 256, sigma: float = 1.5) -> list:
     pix, hm = stage1_targets(fr, kp, vis, tok.cfg.image_size, size, sigma)
     preds, idx = [], []
     for i in range(0, n, 32):
-        enc = tok.encode(pix[i:i + 32])
+        enc = tok.encode(pix[i:min(i + 32, n)])
         idx.append(enc["indices"])
         preds.append(head(dec(enc["codes"])))
     pred = torch.cat(preds)
@@ -125,7 +126,7 @@ def stage1_gates(bundle, frames: int = 256, sigma: float = 1.5) -> list:
     return [
         _gate("stage1: keypoint error (heatmap px)", err, err <= GATES["stage1_ratio"] * base,
               f"<= {GATES['stage1_ratio']:.0%} of baseline", base, "baseline: mean pose"),
-        _gate("stage1: codebook usage", used / tok.cfg.codebook_size, True, "reported",
+        _gate("stage1: codebook usage", used / tok.cfg.codebook_size, None, "reported",
               note=f"{used} of {tok.cfg.codebook_size} codes over {n} frames x {tok.cfg.num_latent_tokens} tokens"),
     ]
 
@@ -196,8 +197,8 @@ def markdown(gates: list) -> str:
     for g in gates:
         base = "" if g["baseline"] is None else f"{g['baseline']:.3f}"
         note = f" ({g['note']})" if g["note"] else ""
-        lines.append(f"| {g['gate']}{note} | {g['value']:.3f} | {g['target']} | {base} | "
-                     f"{'yes' if g['pass'] else '**no**'} |")
+        verdict = "—" if g["pass"] is None else ("yes" if g["pass"] else "**no**")
+        lines.append(f"| {g['gate']}{note} | {g['value']:.3f} | {g['target']} | {base} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,8 +4,10 @@
 model's VAE up to v1; it plateaued at ~19 dB on a CPU budget).
 
 Tiny video VAE: loss = character-weighted L1 + ``latent_reg_weight`` x (mean^2 + log(std / 0.6)^2) of each channel
-of the normalised latent (target std 0.6: the decoder soft-clamps raw latents at about +-3, Wan 2.1 stds reach 3.3;
-with target 1 the clamp saturated and the reconstructions stayed colourless). Trained on random 64-px crops
+of the normalised latent (target std 0.6: the decoder soft-clamps raw latents at about +-3 and Wan 2.1 stds reach 3.3,
+so std 1 drives it into saturation. The v2 run was colourless at ~18.7 dB with target 1 after 1119 steps and got its
+colours within 400 steps of switching to 0.6; a fixed-batch probe learned colour with either target, so the clamp
+is the likely cause, not a proven one). Trained on random 64-px crops
 (``--vae-crop``) in bf16 autocast. The rest of this docstring describes the Wan 2.1 structure.
 
 Clips of ``num_frames`` = 1 + 4n frames (default 5) at ``height x width`` (default 128 x 128), values in [-1, 1].
@@ -36,7 +38,7 @@ from .data import CLIP_FPS, collate, make_source
 
 INIT_LOGVAR = -6.0
 # tiny video VAE: target std of the normalised latent. Its decoder soft-clamps raw latents at about +-3 and
-# Wan 2.1 stds reach 3.3, so std 1 would saturate it; 0.6 keeps raw values in range (gate: std in [0.5, 2]).
+# Wan 2.1 stds reach 3.3, so std 1 saturates it; 0.6 keeps raw values in range (see the module docstring).
 LATENT_TARGET_STD = 0.6
 
 

@@ -29,7 +29,7 @@ def main():
 
     sys.path.insert(0, REPO)
     from imanim_core.backbone.wan import load_vae, vae_decode, vae_encode
-    from imanim_core.backbone.latents import denormalize
+    from imanim_core.backbone.latents import denormalize, normalize
 
     torch.manual_seed(0)
     sd = comfy.utils.load_torch_file(vae_path)
@@ -40,8 +40,7 @@ def main():
         lat_c = cvae.encode(video).float()  # raw latent [1,16,3,8,8]
         lat_o = denormalize(vae_encode(ours, video.permute(3, 0, 1, 2)[None] * 2 - 1))
         dec_c = cvae.decode(lat_c).float().reshape(-1, 64, 64, 3)  # [T,H,W,3] in ~[0,1]
-        dec_o = (vae_decode(ours, __import__("imanim_core.backbone.latents", fromlist=["x"]).normalize(lat_c))[0]
-                 .permute(1, 2, 3, 0) + 1) / 2
+        dec_o = (vae_decode(ours, normalize(lat_c))[0].permute(1, 2, 3, 0) + 1) / 2
     print(json.dumps({"kind": type(cvae.first_stage_model).__name__, "dtype": str(cvae.vae_dtype),
                       "latent_format": None if cvae.first_stage_model.latent_format is None else "set",
                       "latent_shape": list(lat_c.shape), "frames": int(dec_c.shape[0]),
