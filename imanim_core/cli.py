@@ -1,7 +1,9 @@
 """`python -m imanim_core <command> ...` — each command lives in its own module, imported only when used.
 
-A command module provides ``add_arguments(parser)`` and ``run(args) -> int``. User errors
-(:class:`~imanim_core.errors.IMAnimError`) are printed without a traceback and exit with code 2.
+A command module provides ``add_arguments(parser)`` and ``run(args) -> int``. Before ``run``, the command's output
+path is checked by :func:`imanim_core.io.paths.preflight` (never onto an input, writable, file vs folder). User
+errors (:class:`~imanim_core.errors.IMAnimError`) are printed without a traceback and exit with code 2; a closed
+stdout pipe (``inspect FILE | head -1``) ends quietly (exit code 141, as SIGPIPE).
 """
 from __future__ import annotations
 
@@ -48,11 +50,53 @@ def main(argv=None) -> int:
     if not getattr(args, "_module", None):
         parser.print_help()
         return 0 if not argv else 2
+    created = None
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        from .io.paths import preflight, remove_empty
+
+        # output paths first: refused in the first second, before torch, models or inputs are loaded
+        created = preflight(args.command, args)
+        rc = int(importlib.import_module(args._module).run(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe (`... | head -1`) is handled below
     except IMAnimError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        rc = 130
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # another pipe (e.g. to ffmpeg) broke: a real error
+        _silence_stdout()  # the reader of stdout went away: stop quietly, as a Unix tool killed by SIGPIPE
+        rc = 141
+    except BaseException:
+        if created:
+            remove_empty(created)
+        raise
+    if rc != 0 and created:
+        remove_empty(created)  # a failed run leaves no empty run folders behind
+    return rc
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reading end has been closed."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not print a BrokenPipeError."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -4,7 +4,8 @@ It is the same maths as the ComfyUI node path (Encode Motion Tokens -> Retarget 
 Sampler with sampler ``euler`` / scheduler ``simple`` -> VAE Decode), so both give the same video for the same
 seed (up to the hosts' floating-point differences in the DiT, DESIGN §4):
 
-1. identity image (grey / RGB / RGBA, uint8 or float, any size) -> RGB (alpha over black, ``io.video.to_rgb``)
+1. identity image (grey / RGB / RGBA, uint8 or float, >= 16 px a side, finite) -> RGB (alpha over black,
+   ``io.video.to_rgb``, as the nodes' ``checks.image_batch``)
    -> fitted to the model grid (H, W multiples of 16) with :func:`fit_image` (``'pad'``: scaled to fit inside,
    centred, edge pixels repeated — the node's default ``fit``); the output is cropped back to the image's own
    aspect (:class:`Letterbox`).
@@ -45,19 +46,15 @@ import torch
 import torch.nn.functional as F
 
 from . import windows as W
+from .defaults import (DEFAULT_OVERLAP, DEFAULT_SEED, DEFAULT_SHIFT, DEFAULT_STEPS,  # noqa: F401 (re-exported)
+                       DEFAULT_WINDOW, FIT_MODES, OUTPUT_MODES)
+from .checks import MIN_IMAGE_SIDE, check_finite, check_min_side, check_t2v_channels
 from .errors import CheckpointError, InputError
 
 GRID_PX = 16  # Wan 2.1: VAE x8, then 2x2 DiT patches
-DEFAULT_STEPS = 20
-DEFAULT_SHIFT = 5.0  # the IM-Animation Sampler node's default
-DEFAULT_WINDOW = 81  # the node's default (Wan 2.1 is trained on 81 frames)
-DEFAULT_OVERLAP = 16
-DEFAULT_SEED = 0
 NUM_TIMESTEPS = 1000  # ComfyUI's ModelSamplingDiscreteFlow table size and timestep multiplier
 TINY_SIZE = (128, 128)  # the embedded tiny model's training size (train stage3 tiny preset)
 REAL_AREA = 480 * 832  # Wan 2.1 480p area, used as the default for real-size DiTs
-FIT_MODES = ("pad", "crop", "stretch")
-OUTPUT_MODES = ("crop", "grid", "identity")
 
 ProgressFn = Callable[[int, int], None]
 
@@ -190,8 +187,7 @@ def to_float_image(image, where: str = "identity") -> torch.Tensor:
         t = t[None]
     if t.shape[1] < 1 or t.shape[2] < 1:
         raise InputError(f"{where}: the image is empty (shape {tuple(a.shape)})")
-    if not torch.isfinite(t).all():
-        raise InputError(f"{where}: the image has NaN or infinite values")
+    check_finite(t, where, "pixel values")
     return t.clamp(0.0, 1.0).contiguous()
 
 
@@ -292,9 +288,17 @@ def default_size(bundle=None, dit=None, identity_hw=None) -> tuple:
     return _round16(h), _round16(REAL_AREA / h)
 
 
+def identity_image(identity, where: str = "identity") -> torch.Tensor:
+    """The identity as float RGB ``[1, H, W, 3]`` (:func:`to_float_image`), at least
+    :data:`~imanim_core.checks.MIN_IMAGE_SIDE` px a side (the node's minimum too)."""
+    img = to_float_image(identity, where)[:1]
+    check_min_side(img.shape[1], img.shape[2], where, MIN_IMAGE_SIDE)
+    return img
+
+
 def prepare_identity(identity, size: tuple, fit: str = "pad") -> tuple:
     """Identity image -> (float ``[1, H, W, 3]`` on the model grid, :class:`Letterbox`)."""
-    img = to_float_image(identity, "identity")[:1]
+    img = identity_image(identity)
     h, w = check_size(size)
     return fit_image(img, h, w, fit)
 
@@ -310,6 +314,7 @@ def check_models(bundle, dit, vae=None) -> None:
         raise CheckpointError(f"bundle: {src} has no {', '.join(missing)}; animating needs a full IM-Animation "
                               f"bundle (tokenizer + retargeter + injector, trained with the stage 2/3 scripts)")
     check_injector(bundle.injector, dit)
+    check_t2v_channels(getattr(getattr(dit, "config", None), "in_channels", 16), "dit")
     rc, ic = bundle.retargeter.cfg, bundle.injector.cfg
     if rc.out_dim != ic.in_dim:
         raise CheckpointError(f"bundle: the retargeter outputs {rc.out_dim} channels but the injector takes "
@@ -354,6 +359,8 @@ def to_driving_frames(driving, where: str = "driving") -> Union[np.ndarray, torc
         raise InputError(f"{where}: expected frames [T, H, W, 3] with T >= 1, got shape {tuple(driving.shape)}")
     if driving.shape[-1] != 3:
         driving = to_rgb(driving, where=where)
+    check_min_side(driving.shape[1], driving.shape[2], where, MIN_IMAGE_SIDE)
+    check_finite(driving, where, "pixel values")
     return driving
 
 
@@ -515,6 +522,8 @@ def sample_latents(dit, injector, tokens: torch.Tensor, reference: torch.Tensor,
                 bar.close()
     if info is not None:
         info["dit_calls"] = n_calls * len(contexts)
+    check_finite(x, "sampling", "denoised latent values",
+                 hint="The DiT produced them: check its weights, a LoRA, or a float16 overflow (try fp32/bf16)")
     return x
 
 
@@ -551,7 +560,7 @@ def run(identity, driving, bundle, dit, vae, size: Optional[tuple] = None, steps
         injector = bundle.injector
     elif injector is None:
         raise InputError("motion_tokens: an injector must be given with precomputed motion tokens")
-    img0 = to_float_image(identity, "identity")[:1]
+    img0 = identity_image(identity)
     if size is None:
         size = default_size(bundle, dit, img0.shape[1:3])
     image, box = prepare_identity(img0, size, fit)
@@ -615,7 +624,7 @@ def animate(identity, driving, bundle, dit, vae, size: Optional[tuple] = None, s
 def load_models(bundle=None, dit=None, vae=None, device="cpu", dtype: torch.dtype = torch.float32) -> tuple:
     """``(bundle, dit, vae)`` from files (None = the embedded tiny model, :mod:`imanim_core.weights`), in eval
     mode. A missing embedded file raises a :class:`CheckpointError` naming it and the command that makes it."""
-    from .backbone.wan import load_dit, load_vae
+    from .backbone.wan import inspect_wan_file, load_dit, load_vae
     from .models.bundle import load_bundle
     from .weights import embedded_paths, missing_message, resolve
 
@@ -625,6 +634,9 @@ def load_models(bundle=None, dit=None, vae=None, device="cpu", dtype: torch.dtyp
     if missing:  # name every missing embedded file at once
         raise CheckpointError(missing_message(missing))
     paths = {k: resolve(v, k) for k, v in given.items()}
+    info = inspect_wan_file(paths["dit"])  # header only: an image-to-video DiT is refused before any loading
+    if info.get("kind") == "wan_dit" and "in_channels" in info:
+        check_t2v_channels(info["in_channels"], f"dit {str(paths['dit'])!r}")
     b = load_bundle(paths["bundle"], device=device, dtype=dtype)
     d = load_dit(paths["dit"], dtype=dtype, device=device).eval()
     v = load_vae(paths["vae"], dtype=dtype, device=device).eval()
@@ -634,5 +646,6 @@ def load_models(bundle=None, dit=None, vae=None, device="cpu", dtype: torch.dtyp
 __all__ = ["DEFAULT_STEPS", "DEFAULT_SHIFT", "DEFAULT_WINDOW", "DEFAULT_OVERLAP", "DEFAULT_SEED", "TINY_SIZE",
            "FIT_MODES", "OUTPUT_MODES", "Letterbox", "Animation", "comfy_sigma_table", "simple_sigmas",
            "comfy_noise", "euler_sample", "to_float_image", "fit_image", "parse_size", "check_size",
-           "default_size", "prepare_identity", "check_models", "encode_identity", "encode_motion", "retarget",
-           "sample_latents", "decode_frames", "to_uint8", "run", "animate", "load_models", "dit_width"]
+           "default_size", "identity_image", "prepare_identity", "check_models", "encode_identity",
+           "encode_motion", "retarget", "sample_latents", "decode_frames", "to_uint8", "run", "animate",
+           "load_models", "dit_width"]

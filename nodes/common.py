@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import comfy.model_management as mm
 import comfy.utils
 
+from imanim_core.checks import MIN_IMAGE_SIDE, image_batch, t2v_channels_problem
 from imanim_core.errors import InputError
 
 CATEGORY = "IM-Animation"
@@ -60,20 +61,11 @@ def progress(total: int):
 
 
 # -------------------------------------------------------------------------------------------- images
-def check_image(image, name: str, min_side: int = 1) -> torch.Tensor:
-    """A ComfyUI IMAGE [B,H,W,C] -> float RGB [B,H,W,3] (alpha dropped), with messages naming ``name``."""
-    if not torch.is_tensor(image) or image.ndim != 4:
-        shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
-        raise InputError(f"{name}: expected an IMAGE batch [frames, height, width, 3], got {shape}")
-    b, h, w, c = image.shape
-    if b == 0:
-        raise InputError(f"{name}: the image batch is empty")
-    if c not in (3, 4):
-        raise InputError(f"{name}: expected RGB images (3 channels), got {c} channels")
-    if min(h, w) < min_side:
-        raise InputError(f"{name}: the image is {w}x{h} px, smaller than the {min_side} px needed on each side "
-                         f"(one {min_side}x{min_side} cell of the model grid); use a larger image")
-    return image[..., :3].float()
+def check_image(image, name: str, min_side: int = MIN_IMAGE_SIDE) -> torch.Tensor:
+    """A ComfyUI IMAGE [B,H,W,3|4] -> float RGB [B,H,W,3]: RGBA composited over black (as the CLI does for an
+    RGBA file), NaN / Inf and images under ``min_side`` px refused; messages name ``name``
+    (``imanim_core.checks.image_batch``, shared with the CLI)."""
+    return image_batch(image, name, min_side)
 
 
 def target_size(width: int, height: int, image_hw: tuple, bundle=None) -> tuple:
@@ -151,8 +143,8 @@ def check_wan_model(model, name: str = "model") -> dict:
     pe = model.get_model_object("diffusion_model.patch_embedding")
     w = getattr(pe, "weight", None)
     in_ch = int(w.shape[1]) if torch.is_tensor(w) else None
-    if in_ch != 16:
-        raise InputError(f"{name}: expected a text-to-video Wan 2.1 model (16 input channels); this one takes "
-                         f"{in_ch} (an image-to-video / control variant)")
+    problem = t2v_channels_problem(in_ch, name)  # the CLI's words for the same DiT (pipeline.load_models)
+    if problem:
+        raise InputError(problem)
     return {"dim": int(dm.dim), "text_dim": int(getattr(dm, "text_dim", 4096)),
             "patch_size": tuple(getattr(dm, "patch_size", (1, 2, 2)))}

@@ -10,7 +10,7 @@ from comfy_api.latest import io, ui
 
 from imanim_core.errors import InputError
 
-from .common import CATEGORY, GRID_PX, check_image, check_interrupt, overlay, progress
+from .common import CATEGORY, check_image, check_interrupt, overlay, progress
 from .paths import MOTION_KEY, MOTION_SUBFOLDER, list_files, register_motion_folders
 from .types import IMAnimationModels, MotionTokens
 
@@ -79,7 +79,7 @@ class IMAnimationEncodeMotion(io.ComfyNode):
         if tok is None:
             raise InputError(f"models: {models.name} has no motion tokenizer; load an IM-Animation bundle with one, "
                              f"or the released motion encoder")
-        frames = check_image(driving, "driving", min_side=GRID_PX)
+        frames = check_image(driving, "driving")
         t = frames.shape[0]
         _, update = progress(t)
 

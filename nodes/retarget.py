@@ -5,6 +5,7 @@ import torch
 
 from comfy_api.latest import io, ui
 
+from imanim_core.checks import check_finite
 from imanim_core.errors import InputError
 from imanim_core.pipeline import FIT_MODES  # the standalone pipeline's identity fitting modes
 
@@ -44,7 +45,10 @@ class IMAnimationRetarget(io.ComfyNode):
             inputs=[
                 IMAnimationModels.Input("models", tooltip="From Load IM-Animation Models; needs a retargeter and an "
                                                           "injector."),
-                io.Image.Input("identity", tooltip="The character image (the first image of the batch is used)."),
+                io.Image.Input("identity", tooltip="The character image (the first image of the batch is used), at "
+                                                  "least 16 px a side. An RGBA IMAGE (e.g. from Join Image with "
+                                                  "Alpha) is composited over black, as `animate` does with an RGBA "
+                                                  "file."),
                 io.Vae.Input("vae", tooltip="The Wan 2.1 VAE (wan_2.1_vae.safetensors, or the embedded tiny one); "
                                             "use the same VAE to decode the video."),
                 MotionTokens.Input("motion_tokens", tooltip="From Encode Motion Tokens or Load Motion Tokens."),
@@ -85,7 +89,7 @@ class IMAnimationRetarget(io.ComfyNode):
                              f"IM-Animation bundle (the released motion encoder alone only encodes motion)")
         check_motion_fits(models, motion_tokens)
         check_wan_vae(vae, "vae")
-        img = check_image(identity, "identity", min_side=GRID_PX)[:1]
+        img = check_image(identity, "identity")[:1]
         w, h = target_size(width, height, img.shape[1:3], bundle)
         img, _ = fit_image(img, h, w, fit)  # the standalone pipeline's identity fitting
 
@@ -97,6 +101,8 @@ class IMAnimationRetarget(io.ComfyNode):
         if raw.ndim != 5 or raw.shape[1] != 16 or raw.shape[2] != 1:
             raise InputError(f"vae: encoding the identity gave a latent of shape {tuple(raw.shape)}, expected "
                              f"[1,16,1,{h // 8},{w // 8}] (not the Wan 2.1 VAE?)")
+        # ComfyUI's stock loader read the VAE file (no weight check there): a damaged VAE shows up here
+        check_finite(raw, "vae", "identity latent values", hint="Check the VAE file (damaged weights?)")
         bar.update_absolute(1, t + 2)
         check_interrupt()
         ret = bundle.retargeter

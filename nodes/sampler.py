@@ -24,6 +24,7 @@ import comfy.utils
 import node_helpers
 from comfy_api.latest import io, ui
 
+from imanim_core.checks import check_finite
 from imanim_core.errors import InputError
 from imanim_core.windows import blend, latent_frame_count, pad_frames, padded_frame_count, plan_frame_windows
 
@@ -231,6 +232,10 @@ class IMAnimationSampler(io.ComfyNode):
                                           disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         finally:
             injected.set_motion(None)
+        # ComfyUI's stock loader read the DiT (no weight check there): NaN weights, a bad LoRA or an fp16
+        # overflow show up here, as in the standalone pipeline, instead of as a black video
+        check_finite(samples, "model", "sampled latent values",
+                     hint="The Wan MODEL produced them: check its weights, a LoRA, or its dtype (fp16 overflow?)")
         wins = info["windows"]
         text = (f"{info['frames']} frames (motion padded to {info['padded_frames']}), {info['latent_frames']} latent "
                 f"frames, {len(wins)} window(s): " + ", ".join(f"[{x.start},{x.end})" for x in wins))

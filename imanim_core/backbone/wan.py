@@ -157,6 +157,8 @@ def build_vae(name_or_config_dict: Union[str, Mapping] = "tiny", dtype: Optional
 
 # ---------------------------------------------------------------------------------------------- file I/O
 def _read_safetensors_header(path: Path, what: str):
+    if path.is_dir():
+        raise CheckpointError(f"{what} file {str(path)!r} is a folder; expected a .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"{what} file {str(path)!r} does not exist")
     try:
@@ -273,6 +275,10 @@ def _load(path, kind_wanted: str, fmt: str, dtype, device):
         raise CheckpointError(f"{str(p)!r} is {_looks_like(kind, shapes)}, expected {what} "
                               f"(original Wan 2.1 layout, as ComfyUI loads it)")
     sd = _read_tensors(p, what, prefix)
+    from ..checks import check_finite_weights
+
+    for k, v in sd.items():  # once per load, tensor by tensor (a NaN weight gives a NaN or black video)
+        check_finite_weights(v, prefix + k, p, what + " file")
     if layout == "taehv":
         from .taehv import TinyVideoVAE
 
@@ -303,13 +309,15 @@ def load_dit(path, dtype: torch.dtype = torch.float32, device="cpu"):
     diffusers-layout file works too) into a ``WanTransformer3DModel`` in eval mode.
 
     The config comes from our metadata when present, else from tensor shapes (heads = dim / 128, as ComfyUI).
-    Raises :class:`CheckpointError` for a missing/unreadable file or one that is not a Wan DiT.
+    Raises :class:`CheckpointError` for a missing/unreadable file, one that is not a Wan DiT, or one with NaN or
+    infinite weights.
     """
     return _load(path, "wan_dit", FORMAT_DIT, dtype, device)
 
 
 def load_vae(path, dtype: torch.dtype = torch.float32, device="cpu"):
-    """Load a Wan 2.1 VAE safetensors file (original layout; diffusers layout accepted) into ``AutoencoderKLWan``."""
+    """Load a Wan 2.1 VAE safetensors file (original layout; diffusers layout accepted) into ``AutoencoderKLWan``
+    (or the TAEHV-layout tiny VAE). The same errors as :func:`load_dit`, NaN / infinite weights included."""
     return _load(path, "wan_vae", FORMAT_VAE, dtype, device)
 
 

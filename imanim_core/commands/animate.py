@@ -1,9 +1,10 @@
 """`python -m imanim_core animate --identity IMAGE --driving VIDEO --out OUT.mp4 [options]`
 
-Animates one character image (any size; RGB, RGBA — alpha over black — or grey) with the motion of a driving
-video (any size; a video file or a folder of images) with imanim_core.pipeline, and writes an H.264 mp4 with
-exactly as many frames as the driving video. Without --bundle/--dit/--vae the embedded tiny model is used. Sampling is ComfyUI's euler + simple with the given shift, so the ComfyUI workflow with the same
-models, seed, steps, shift, window and overlap gives the same video.
+Animates one character image (at least 16 px a side; RGB, RGBA — alpha over black, as the nodes do — or grey)
+with the motion of a driving video (at least 16 px a side; a video file or a folder of images) with
+imanim_core.pipeline, and writes an H.264 mp4 with exactly as many frames as the driving video. Without
+--bundle/--dit/--vae the embedded tiny model is used. Sampling is ComfyUI's euler + simple with the given shift,
+so the ComfyUI workflow with the same models, seed, steps, shift, window and overlap gives the same video.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def apply_threads(args) -> None:
 
 
 def add_sampling_arguments(parser, steps_default=None, window_default=None, overlap_default=None) -> None:
-    from ..pipeline import DEFAULT_OVERLAP, DEFAULT_SEED, DEFAULT_SHIFT, DEFAULT_STEPS, DEFAULT_WINDOW
+    from ..defaults import DEFAULT_OVERLAP, DEFAULT_SEED, DEFAULT_SHIFT, DEFAULT_STEPS, DEFAULT_WINDOW
 
     parser.add_argument("--size", default=None,
                         help="model grid HxW in pixels, multiples of 16 (e.g. 128x128); default: the bundle's "
@@ -54,7 +55,7 @@ def add_sampling_arguments(parser, steps_default=None, window_default=None, over
 
 
 def add_arguments(parser):
-    from ..pipeline import FIT_MODES, OUTPUT_MODES
+    from ..defaults import FIT_MODES, OUTPUT_MODES
 
     parser.description = __doc__.split("\n\n")[1].replace("\n", " ")
     parser.add_argument("--identity", required=True, help="character image (png/jpg/webp/...; RGB, RGBA or grey)")
@@ -78,6 +79,7 @@ def run(args) -> int:
     import torch
 
     from .. import pipeline as P
+    from ..checks import check_min_side
     from ..errors import InputError
     from ..io.video import read_image, read_video, write_video
 
@@ -89,6 +91,7 @@ def run(args) -> int:
     if args.fps is not None and not args.fps > 0:
         raise InputError(f"--fps: expected a positive number, got {args.fps}")
     identity = read_image(args.identity)
+    check_min_side(identity.shape[0], identity.shape[1], f"identity {str(args.identity)!r}")  # before loading
     driving, fps = read_video(args.driving, max_frames=args.max_frames)
     try:
         torch.empty(0, device=args.device)

@@ -50,6 +50,7 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from ..checks import check_min_side
     from ..errors import CheckpointError, InputError
     from ..io.video import iter_video, video_info
     from ..models.bundle import load_bundle, load_motion_tokens, save_motion_tokens
@@ -80,6 +81,8 @@ def run(args) -> int:
     dtype_name = str(dtype).replace("torch.", "")
 
     info = video_info(args.driving)  # fails before the checkpoint is loaded for a missing/unreadable video
+    if info["width"] and info["height"]:
+        check_min_side(info["height"], info["width"], f"driving video {str(args.driving)!r}")
     fps = info["fps"]
     bundle = load_bundle(args.checkpoint, device=device, dtype=dtype)
     tok = bundle.tokenizer

@@ -6,7 +6,8 @@
   memory) and their frame count / fps / size without decoding.
 - :func:`read_image` — one image -> ``uint8 [H,W,3]`` RGB. Grey is repeated to RGB; an alpha channel is
   composited **over black** (the tokenizer pads with black too, so a cut-out character stays on the same
-  background); 16-bit images are scaled to 8 bits.
+  background; the nodes do the same with an RGBA IMAGE, ``checks.image_batch``); 16-bit images are scaled to 8
+  bits; a float image (TIFF/EXR) with NaN or infinite values is refused.
 - :func:`to_rgb` — the same channel conversion for arrays/tensors already in memory.
 - :func:`write_video` — H.264 (yuv420p) via imageio-ffmpeg's bundled ffmpeg; odd sizes are padded by one
   edge-replicated row/column; written to a temporary file in the same folder and renamed into place, so the target
@@ -98,6 +99,9 @@ def _decode_image(path: Path) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
     if img.dtype not in (np.uint8, np.uint16):
         if np.issubdtype(img.dtype, np.floating):
+            from ..checks import check_finite
+
+            check_finite(img, f"image {str(path)!r}", "pixel values")  # float TIFF/EXR: NaN would become black
             img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         else:
             raise InputError(f"image {str(path)!r}: unsupported pixel type {img.dtype}")

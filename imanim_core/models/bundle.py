@@ -24,6 +24,7 @@ from typing import Mapping, Optional
 import torch
 import torch.nn as nn
 
+from ..checks import check_finite, check_finite_weights
 from ..config import BundleConfig, TokenizerConfig
 from ..errors import CheckpointError, IMAnimError, InputError
 from .released import (_fmt_list, compare_layout, is_released_encoder, layout_problems,
@@ -200,7 +201,8 @@ def load_bundle(path, device="cpu", dtype: torch.dtype = torch.float32) -> IMAni
     """Load a bundle (or the released motion-encoder file, as a tokenizer-only bundle) in eval mode.
 
     Float tensors are converted to ``dtype`` on ``device``. Every part must match its config exactly: missing,
-    unexpected or wrong-shape keys give a :class:`CheckpointError` listing them.
+    unexpected or wrong-shape keys give a :class:`CheckpointError` listing them; so does a tensor with NaN or
+    infinite values (checked once, tensor by tensor, while loading).
     """
     from safetensors import safe_open
 
@@ -261,6 +263,7 @@ def load_bundle(path, device="cpu", dtype: torch.dtype = torch.float32) -> IMAni
                 sd = {}
                 for k in by_part[part]:
                     t = f.get_tensor(f"{part}.{k}")
+                    check_finite_weights(t, f"{part}.{k}", path, "IM-Animation bundle")
                     if is_meta:  # assigned as is: convert now (one tensor at a time, low peak memory)
                         t = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
                     sd[k] = t
@@ -426,6 +429,7 @@ def check_motion_tokens(tokens: Mapping, where: str = "motion tokens") -> dict:
         raise InputError(f"{where}: no frames")
     if int(idx.min()) < 0 or int(idx.max()) >= cfg.codebook_size:
         raise InputError(f"{where}: indices outside [0, {cfg.codebook_size - 1}] (codebook of {cfg.codebook_size})")
+    check_finite(codes, f"{where}: 'codes'", "motion-token codes")
     out = {"indices": idx.detach().to("cpu", torch.int64).contiguous(),
            "codes": codes.detach().to("cpu", torch.float32).contiguous(), "config": cfg}
     fps = tokens.get("fps")

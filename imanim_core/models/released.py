@@ -199,6 +199,7 @@ def load_released_encoder(path, dtype: torch.dtype = torch.float32, device="cpu"
     """
     from safetensors import safe_open
 
+    from ..checks import check_finite_weights
     from .tokenizer import MotionTokenizer
 
     cfg = config or TokenizerConfig.preset("large")
@@ -219,7 +220,9 @@ def load_released_encoder(path, dtype: torch.dtype = torch.float32, device="cpu"
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for k in expected:
-                sd[k] = f.get_tensor(k).to(device=device, dtype=dtype)
+                t = f.get_tensor(k)
+                check_finite_weights(t, k, path, "released motion encoder")
+                sd[k] = t.to(device=device, dtype=dtype)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - corrupt data: report with the path, not a traceback

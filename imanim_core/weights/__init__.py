@@ -77,6 +77,9 @@ def resolve(path, which: str) -> Path:
         p = Path(path)
         if not p.is_file():
             what = {"dit": "Wan DiT", "vae": "Wan VAE", "bundle": "IM-Animation bundle"}[which]
+            if p.is_dir():
+                raise CheckpointError(f"--{which}: {str(p)!r} is a folder; expected the {what} file itself "
+                                      f"(a .safetensors file)")
             raise CheckpointError(f"--{which}: the {what} file {str(p)!r} does not exist")
         return p
     p = getattr(embedded_paths(check=False), which)

@@ -375,3 +375,29 @@ def test_tiny_vae_parity_with_comfyui_stock_loader(comfyui_path, model_files, wh
     assert res["kind"] == "TAEHV" and res["latent_format"] is None, res  # fp32: no HunyuanVideo scaling
     assert res["latent_shape"] == [1, 16, 3, 8, 8] and res["frames"] == 9, res
     assert res["encode"] < 1e-4 * max(1.0, res["scale"]) and res["decode"] < 1e-3, res
+
+
+NODE_ROWS = ["node-driving-nan", "node-identity-nan", "node-codes-nan", "node-bundle-nan", "node-vae-nan",
+             "node-dit-nan", "node-dit-image-to-video", "node-identity-too-small"]
+
+
+def test_node_bad_inputs_match_the_cli(comfyui_path, model_files, tmp_path):
+    """The nodes called directly (no server) on the bad inputs of tests/bad_inputs_table.py: NaN / Inf anywhere
+    (the DiT and VAE through ComfyUI's stock loaders), an image-to-video DiT, an identity under 16 px: an error
+    with the CLI's words; an RGBA identity: the CLI's compositing (over black)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from bad_inputs_table import message
+
+    r = subprocess.run([comfy_python(), str(HERE / "node_input_check.py"), str(comfyui_path), model_files["dit"],
+                        model_files["vae"], model_files["bundle"], str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, env=subprocess_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["good-sampling"]["error"] is None, res["good-sampling"]
+    for row in NODE_ROWS:
+        err = res[row]["error"]
+        assert err is not None and message(row) in err, (row, res[row])
+        assert res[row]["type"] in ("InputError", "CheckpointError"), (row, res[row])
+    rgba = res["node-rgba-identity"]
+    assert rgba["error"] is None, rgba
+    assert rgba["max_diff"] <= 1 / 255 + 1e-6 < rgba["max_diff_alpha_dropped"], ("node-rgba-identity", rgba)
