@@ -134,6 +134,13 @@ class RetargeterConfig(_Base):
     layers: int = 4  # each layer = spatial block + temporal block (factorised)
     heads: int = 4
     out_dim: int = 64  # Dr == JointHeadConfig.joint_dim
+    # driver-pose path (0 = off, the layout of bundles before v3): an internal motion decoder (MotionDecoderConfig
+    # with these width/layers/heads/grid) turns the codes into the driver's joint tokens; they are added to the
+    # mask tokens and, resampled to the output grid, are the output's residual base (proj_out starts at zero).
+    driver_layers: int = 0
+    driver_width: int = 128
+    driver_heads: int = 4
+    driver_grid: int = 16
 
 
 @dataclass(frozen=True)

@@ -153,3 +153,45 @@ def test_default_cost_numbers_in_docstring():
     assert c["linear_flops"] == pytest.approx(1.62e12, rel=0.01)
     assert c["total_flops"] == pytest.approx(3.34e12, rel=0.01)
     assert Retargeter.cost(RetargeterConfig(), 60, 104, 81, frame_chunk=8)["attention_matrix_bytes"] < 0.7e9
+
+
+# ------------------------------------------------------------------------------------------- driver-pose path
+DRV = CFG.replace(driver_layers=1, driver_width=16, driver_heads=2, driver_grid=8)
+
+
+def test_square_to_grid_area_resamples_and_reads_the_letterboxed_band():
+    from imanim_core.models.retargeter import square_to_grid
+
+    x = torch.randn(3, 8, 8, 5)
+    # square output: 8 -> 4 is exactly 2x2 average pooling
+    want = torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    torch.testing.assert_close(square_to_grid(x, 4, 4), want)
+    # landscape 4x8 output: the frame fills the square's middle half in height (rows 2..5), all 8 columns
+    band = torch.zeros(1, 8, 8, 1)
+    band[:, 2:6] = 1.0
+    torch.testing.assert_close(square_to_grid(band, 4, 8), torch.ones(1, 4, 8, 1))
+    # portrait: the middle half in width
+    torch.testing.assert_close(square_to_grid(band.transpose(1, 2), 8, 4), torch.ones(1, 8, 4, 1))
+
+
+def test_driver_path_starts_as_the_driver_pose_and_follows_the_codes():
+    from imanim_core.models.retargeter import square_to_grid
+
+    torch.manual_seed(0)
+    m = Retargeter(DRV).eval()
+    assert float(m.proj_out.weight.abs().sum()) == 0.0
+    lat, codes = _inputs(2, 3, 8, 12)
+    with torch.no_grad():
+        out = m(lat, codes)
+        drv = m.driver(codes.reshape(6, 4, 12))
+        torch.testing.assert_close(out, square_to_grid(drv, 4, 6).reshape(2, 3, 4, 6, 8))
+        # a different driver gives a different output; the same codes in another frame order move with them
+        out2 = m(lat, codes.flip(1))
+    assert (out2 - out).abs().max() > 1e-2
+    torch.testing.assert_close(out2, out.flip(1))
+
+
+def test_driver_path_is_off_by_default_and_in_the_state_dict_when_on():
+    assert Retargeter(CFG).driver is None and CFG.driver_layers == 0
+    keys = Retargeter(DRV).state_dict().keys()
+    assert any(k.startswith("driver.") for k in keys) and "driver_proj.weight" in keys

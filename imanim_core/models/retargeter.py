@@ -21,6 +21,15 @@ Layers (``cfg.layers`` of them), each:
    sin-cos time positions added to the attention input (any T works, T = 1 included).
 Output: mask tokens -> LayerNorm -> ``Linear(W, Dr)``.
 
+Driver-pose path (``cfg.driver_layers > 0``; the embedded tiny model from v3, off in the default config and in
+older bundles): an internal :class:`~.motion_decoder.MotionDecoder` (stage 2 starts it from the stage-1 decoder)
+turns each frame's codes into the driver's joint tokens on its letterboxed square, resampled to the output grid
+(:func:`square_to_grid`). They are added to the mask tokens (``driver_proj``) and are the output's residual base:
+``out = proj_out(...) + driver``, with ``proj_out`` starting at zero, so an untrained retargeter outputs the driver's
+pose at the driver's proportions and training learns the change to the identity's body. Why: without it the tiny
+retargeter (v2) collapsed to one constant pose (its output varied 0.15 % between frames), so stage 3 had no
+motion signal to use. Cost: one motion-decoder pass per frame (K + g^2 tokens), small next to the spatial blocks.
+
 Cost (2 FLOPs per multiply-add; B batch, T frames, L layers, W width, N = h w / p^2, K motion tokens,
 S = K + N, r = MLP ratio 4):
 
@@ -53,9 +62,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import RetargeterConfig
+from ..config import MotionDecoderConfig, RetargeterConfig
 from ..errors import InputError
 from .layers import MLP, Attention, ResidualAttentionBlock, sincos_1d, sincos_2d, trunc_normal_
+from .motion_decoder import MotionDecoder
+
+
+def driver_decoder_config(cfg: RetargeterConfig) -> MotionDecoderConfig:
+    """The config of the retargeter's driver-pose decoder (equal to the stage-1 decoder it starts from)."""
+    return MotionDecoderConfig(token_dim=cfg.token_dim, num_tokens=cfg.num_motion_tokens, width=cfg.driver_width,
+                               layers=cfg.driver_layers, heads=cfg.driver_heads, grid=cfg.driver_grid,
+                               joint_dim=cfg.out_dim)
+
+
+def square_to_grid(x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+    """Joint tokens on the tokenizer's letterboxed square ``[M, g, g, C]`` -> the output grid ``[M, gh, gw, C]``.
+
+    The square is the driving frame padded to a square (``tokenizer.preprocess_frames``); the part that holds the
+    frame is read as if the driving video had the output's aspect ratio, area-resampled (bilinear at the output
+    cell centres, which averages 2x2 cells at 16 -> 8)."""
+    m, g, _, c = x.shape
+    sy, sx = (gh / gw, 1.0) if gw >= gh else (1.0, gw / gh)
+    theta = x.new_tensor([[sx, 0.0, 0.0], [0.0, sy, 0.0]]).expand(m, 2, 3)
+    grid = F.affine_grid(theta, (m, c, gh, gw), align_corners=False)
+    out = F.grid_sample(x.permute(0, 3, 1, 2), grid, mode="bilinear", align_corners=False)
+    return out.permute(0, 2, 3, 1)
 
 
 class SpatialBlock(nn.Module):
@@ -131,6 +162,15 @@ class Retargeter(nn.Module):
         self.proj_out = nn.Linear(w, cfg.out_dim)
         trunc_normal_(self.motion_pos)
         trunc_normal_(self.mask_token)
+        self.driver: Optional[MotionDecoder] = None
+        if cfg.driver_layers > 0:
+            # the driver's pose as a residual base: at the start the output *is* the driver's joint tokens at the
+            # driver's proportions, and the transformer learns the change to the identity's body (without it the
+            # tiny retargeter collapsed to one constant pose whatever the codes)
+            self.driver = MotionDecoder(driver_decoder_config(cfg))
+            self.driver_proj = nn.Linear(cfg.out_dim, w)
+            nn.init.zeros_(self.proj_out.weight)
+            nn.init.zeros_(self.proj_out.bias)
 
     # ----------------------------------------------------------------------------------------------- checks
     def _check(self, identity_latent, codes):
@@ -183,6 +223,11 @@ class Retargeter(nn.Module):
         ident = self.identity_proj(_patchify(lat, cfg.patch_size)) + pos2d  # [B, N, W]
         mot = self.motion_proj(codes) + self.motion_pos  # [B, T, K, W]
         mask = (self.mask_token + pos2d)[None, None].expand(b, t, n, wd)
+        base = None
+        if self.driver is not None:
+            d = self.driver(codes.reshape(b * t, k, codes.shape[-1]))  # [B*T, g, g, Dr]
+            base = square_to_grid(d, gh, gw).reshape(b, t, n, cfg.out_dim)
+            mask = mask + self.driver_proj(base)
         x = torch.cat([mot, mask], dim=2)  # [B, T, S, W]
         tpos = sincos_1d(t, wd, device=dev, dtype=dtype)
 
@@ -212,6 +257,8 @@ class Retargeter(nn.Module):
                 m = mo
             x = torch.cat([x[:, :, :k], m.reshape(b, n, t, wd).permute(0, 2, 1, 3)], dim=2)
         out = self.proj_out(self.ln_post(x[:, :, k:]))
+        if base is not None:
+            out = out + base
         return out.reshape(b, t, gh, gw, cfg.out_dim)
 
     # ------------------------------------------------------------------------------------------------- cost
@@ -240,4 +287,4 @@ class Retargeter(nn.Module):
                 "attention_matrix_bytes": bt * c * cfg.heads * s * (n + s) * bytes_per_value}
 
 
-__all__ = ["Retargeter", "SpatialBlock", "TemporalBlock"]
+__all__ = ["Retargeter", "SpatialBlock", "TemporalBlock", "driver_decoder_config", "square_to_grid"]

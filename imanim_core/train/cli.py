@@ -67,7 +67,8 @@ _FLAGS = [
     ("--sample-pool", "sample_pool", int, "stage3: cycle through N samples and cache their VAE latents and codes "
                                          "(0 = every sample new; tiny preset: 1024)"),
     ("--kl-weight", "kl_weight", float, "vae: weight of the KL term of the normalised posterior (tiny: 1e-5)"),
-    ("--vae-fg-weight", "vae_fg_weight", float, "vae: extra L1 weight on character pixels (masks; tiny: 4)"),
+    ("--vae-fg-weight", "vae_fg_weight", float, "vae: extra loss weight on character pixels (masks; tiny: 4)"),
+    ("--vae-loss", "vae_loss", str, "vae: reconstruction loss, l1 or mse (tiny: mse)"),
     ("--vae-crop", "vae_crop", int, "vae: train on random square crops of N px (multiple of 8; tiny: 64; 0 = whole)"),
     ("--latent-reg-weight", "latent_reg_weight", float, "vae: pull of the normalised latent stats to N(0,1) (0.01)"),
     ("--code-restart-every", "code_restart_every", int, "stage 1: re-seed codebook entries unused for this many "

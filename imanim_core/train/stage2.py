@@ -106,6 +106,10 @@ class Stage2(Stage):
                    cfg.retargeter_config().replace(token_dim=tok_cfg.token_dim,
                                                    num_motion_tokens=tok_cfg.num_latent_tokens,
                                                    out_dim=head_cfg.joint_dim))
+        fresh_driver = ret_cfg.driver_layers > 0 and not (init_cfg and init_cfg.retargeter)
+        if fresh_driver:  # the driver-pose path is a copy of the stage-1 decoder (same layout, its weights)
+            ret_cfg = ret_cfg.replace(driver_layers=dec_cfg.layers, driver_width=dec_cfg.width,
+                                      driver_heads=dec_cfg.heads, driver_grid=dec_cfg.grid)
         self.bundle_config = BundleConfig(tokenizer=tok_cfg, motion_decoder=dec_cfg, joint_head=head_cfg,
                                           retargeter=ret_cfg)
         parts = {p: build_part(p, getattr(self.bundle_config, p)) for p in self.bundle_config.parts}
@@ -115,6 +119,9 @@ class Stage2(Stage):
                 if getattr(init, p, None) is not None:
                     copy_weights(m, getattr(init, p), p)
                     self.loaded.append(p)
+            if fresh_driver and getattr(init, "motion_decoder", None) is not None:
+                copy_weights(parts["retargeter"].driver, init.motion_decoder, "retargeter.driver")
+                self.loaded.append("retargeter.driver (from motion_decoder)")
         tok = parts["tokenizer"]
         tok.requires_grad_(False)
         self.encoder_trains = cfg.encoder_lr_scale > 0
