@@ -1,43 +1,50 @@
-"""Take the README's screenshot: a workflow of workflows/ loaded in the real ComfyUI page, in headless Chromium.
+"""Screenshots of the shipped workflows in the real ComfyUI page (headless Chromium): one per template in docs/
+(``docs/workflow_<name>.png``, the README shows the tiny demo's) and the template browser's thumbnail next to each
+workflow (``workflows/<name>.jpg``). A documentation tool, not part of the pack; refresh after changing a workflow:
 
-A documentation tool, not part of the pack. Needs a ComfyUI checkout (as for tests/comfyui), Chromium
-(`apt-get install chromium`) and the `playwright` Python package in the ComfyUI test environment
-(`.venv-comfyui/bin/pip install playwright`; its own browser download is not used — we point it at Chromium):
+    .venv/bin/python docs/screenshot.py            (every workflow in workflows/)
+    .venv/bin/python docs/screenshot.py NAME ...   (only these, e.g. tiny_puppet_demo)
 
-    .venv-comfyui/bin/python docs/screenshot.py [workflows/tiny_puppet_demo.json] [docs/workflow_tiny_puppet_demo.png]
-
-ComfyUI runs headless on CPU on a free localhost port with --base-directory set to a temp dir whose
-custom_nodes/ links to this repo (the checkout is not modified), exactly like the tests.
+Needs a ComfyUI checkout, Chromium and playwright, as tests/comfyui/test_browser.py (tests/comfyui/browser.py).
+ComfyUI runs headless on CPU on a free localhost port with --base-directory set to a temp dir whose custom_nodes/
+links to this repo (the checkout is not modified), exactly like the tests; each workflow is opened from the
+template browser, as a user does.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "comfyui"))
 
-import harness  # noqa: E402  (the tests' ComfyUI locator and client)
+import browser  # noqa: E402  (the tests' page driver)
+import harness  # noqa: E402  (the tests' ComfyUI locator)
+
+THUMB = 512  # px, square (the template browser crops its cards to squares)
 
 
 def main(argv=None) -> int:
-    import subprocess
-    import urllib.request
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    workflow = Path(argv[0] if argv else REPO / "workflows" / "tiny_puppet_demo.json")
-    out = Path(argv[1] if len(argv) > 1 else REPO / "docs" / f"workflow_{workflow.stem}.png")
+    names = argv or sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
     comfy = harness.comfy_dir()
     if not (comfy / "main.py").is_file():
         print(f"no ComfyUI checkout at {comfy} (set COMFYUI_PATH)", file=sys.stderr)
         return 2
+    why = browser.missing()
+    if why:
+        print(why, file=sys.stderr)
+        return 2
     base = Path(tempfile.mkdtemp(prefix="imanim_shot_"))
     (base / "custom_nodes").mkdir()
-    os.symlink(REPO, base / "custom_nodes" / "comfyui-im-animation", target_is_directory=True)
+    os.symlink(REPO, base / "custom_nodes" / browser.PACK, target_is_directory=True)
     port = harness._free_port()
     log = open(base / "comfyui.log", "w")
     proc = subprocess.Popen([harness.comfy_python(), str(REPO / "tests" / "comfyui" / "launch.py"), str(comfy),
@@ -45,7 +52,7 @@ def main(argv=None) -> int:
                             cwd=str(comfy), stdout=log, stderr=subprocess.STDOUT, env=harness.subprocess_env())
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
+        for _ in range(480):
             try:
                 urllib.request.urlopen(url + "/object_info", timeout=5).read()
                 break
@@ -54,32 +61,28 @@ def main(argv=None) -> int:
         else:
             print("ComfyUI did not start; see", base / "comfyui.log", file=sys.stderr)
             return 1
-        from playwright.sync_api import sync_playwright
+        from PIL import Image
 
-        # a first visit opens the template browser; a screenshot wants the plain canvas
-        for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Workflow.ShowMissingModelsWarning", False)):
-            req = urllib.request.Request(f"{url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-            urllib.request.urlopen(req, timeout=10).read()
-
-        graph = json.loads(workflow.read_text())
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"), args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1800, "height": 1000})
-            page.goto(url, wait_until="networkidle", timeout=120_000)
-            page.wait_for_function("window.app && window.app.graph", timeout=120_000)
-            page.wait_for_timeout(2000)
-            page.evaluate("async (g) => { await window.app.loadGraphData(g); }", graph)
-            page.wait_for_timeout(2000)
-            page.focus("#graph-canvas")
-            page.keyboard.press(".")  # ComfyUI's "fit view to the whole graph"
-            page.wait_for_timeout(1500)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out))
-            browser.close()
-        print(f"wrote {out}")
+        browser.set_setting(url, "Comfy.Workflow.ShowMissingModelsWarning", False)  # wan21: no dialog on the shot
+        with browser.page_at(url) as (page, _):
+            for name in names:
+                nodes = json.loads((REPO / "workflows" / f"{name}.json").read_text())["nodes"]
+                browser.load_template(page, name, len(nodes))
+                browser.close_dialogs(page)
+                page.wait_for_timeout(1000)
+                shot = REPO / "docs" / f"workflow_{name}.png"
+                page.screenshot(path=str(shot))  # the saved view of the workflow, as it opens
+                page.focus("#graph-canvas")
+                page.keyboard.press(".")  # ComfyUI's "fit view to the whole graph" for the thumbnail
+                page.wait_for_timeout(1000)
+                img = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+                w, h = img.size
+                side = min(w - 60, h - 40)  # right of the sidebar, below the tab bar
+                x0, y0 = 60 + (w - 60 - side) // 2, 40 + (h - 40 - side) // 2
+                thumb = img.crop((x0, y0, x0 + side, y0 + side)).resize((THUMB, THUMB), Image.LANCZOS)
+                jpg = REPO / "workflows" / f"{name}.jpg"
+                thumb.save(jpg, quality=82, optimize=True)
+                print(f"wrote {shot.relative_to(REPO)}, {jpg.relative_to(REPO)}")
         return 0
     finally:
         proc.terminate()

@@ -7,6 +7,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from imanim_core.errors import CheckpointError
+from imanim_core.weights import BUNDLE_FILE
 
 from .common import CATEGORY, DEVICES, DTYPES, dtype_name, resolve_device, resolve_dtype
 from .paths import MODELS_KEY, list_files
@@ -19,6 +20,12 @@ _PART_TEXT = {
     "retargeter": "retargeter",
     "injector": "injector",
 }
+
+
+def default_bundle(files: list):
+    """The bundle dropdown's default: the embedded tiny model when listed (it always is, unless removed), else the
+    first file."""
+    return BUNDLE_FILE.name if BUNDLE_FILE.name in files else (files[0] if files else None)
 
 
 def _config_line(part: str, cfg) -> str:
@@ -68,7 +75,7 @@ class IMAnimationLoadModels(io.ComfyNode):
                         "'im_animation'). The info output and the node text say which parts and configs were "
                         "loaded. The embedded tiny model is listed too.",
             inputs=[
-                io.Combo.Input("bundle", options=files,
+                io.Combo.Input("bundle", options=files, default=default_bundle(files),
                                tooltip="Weights file in models/im_animation: an IM-Animation bundle (.safetensors) or "
                                        "the released motion_encoder_latest.safetensors (encoder only)."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",

@@ -24,25 +24,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (HERE, MIN_VERSION, REPO, START_TIMEOUT, Client, _free_port, _version,  # noqa: E402
-                     comfy_dir, comfy_python, subprocess_env, tail)
-
-
-def _unavailable(reason: str):
-    """Skip outside CI; fail in CI (``CI=true``), where the real-ComfyUI tests must run."""
-    if os.environ.get("CI", "").strip().lower() in ("true", "1"):
-        pytest.fail(f"{reason} -- CI=true: the real-ComfyUI tests must run here, not be skipped "
-                    f"(.ci/run installs ComfyUI 0.8.0 with ../shared/comfyui/install.sh)", pytrace=False)
-    pytest.skip(reason)
+                     comfy_dir, comfy_python, subprocess_env, tail, unavailable)
 
 
 @pytest.fixture(scope="session")
 def comfyui_path() -> Path:
     d = comfy_dir()
     if not (d / "main.py").is_file():
-        _unavailable(f"tests/comfyui: no ComfyUI checkout at {d} (set COMFYUI_PATH to a ComfyUI >= 0.8 checkout)")
+        unavailable(f"tests/comfyui: no ComfyUI checkout at {d} (set COMFYUI_PATH to a ComfyUI >= 0.8 checkout)")
     v = _version(d)
     if v is None or v < MIN_VERSION:
-        _unavailable(f"tests/comfyui: ComfyUI at {d} is version {v}, these tests need >= 0.8.0")
+        unavailable(f"tests/comfyui: ComfyUI at {d} is version {v}, these tests need >= 0.8.0")
     return d
 
 

@@ -101,10 +101,22 @@ def saved_frames(server, h) -> np.ndarray:
                      for i in imgs])
 
 
-def saved_video_frames(server, h, prompt) -> np.ndarray:
+def save_video_of(prompt: dict, images_from: str) -> str:
+    """The SaveVideo node whose CreateVideo takes its images from node ``images_from``."""
+    for k, v in prompt.items():
+        if v["class_type"] == "SaveVideo":
+            src = prompt[v["inputs"]["video"][0]]
+            if src["class_type"] == "CreateVideo" and src["inputs"]["images"][0] == images_from:
+                return k
+    raise AssertionError(f"no SaveVideo of the images of node {images_from}")
+
+
+def saved_video_frames(server, h, prompt, node: str | None = None) -> np.ndarray:
+    """Frames of the video saved by SaveVideo ``node`` (default: the one of the result, after ImageFromBatch)."""
     from imanim_core.io.video import read_video  # the project's one video reader (no PyAV in .venv)
 
-    vid = h["outputs"][node_of(prompt, "SaveVideo")]["images"][0]
+    node = node or save_video_of(prompt, node_of(prompt, "ImageFromBatch"))
+    vid = h["outputs"][node]["images"][0]
     return read_video(server.base / "output" / vid["subfolder"] / vid["filename"])[0]
 
 
@@ -166,6 +178,24 @@ def test_object_info_lists_nodes_with_tooltips(server):
     assert {"tiny_puppet_demo", "long_video_windows", "wan21_1.3b"} <= set(tmpl.get("comfyui-im-animation", []))
 
 
+def test_names_everywhere(server):
+    """The frontend names the pack's nodes by their display names: locales/en/nodeDefs.json (served by /i18n)
+    matches the schemas, and every node of every shipped workflow carries its display name (or a chosen title)."""
+    oi = server.object_info
+    want = {nid: {"display_name": oi[nid]["display_name"], "description": oi[nid]["description"]}
+            for nid in oi if nid.startswith("IMAnimation")}
+    assert set(NODE_IDS) <= set(want)
+    local = json.loads((REPO / "locales" / "en" / "nodeDefs.json").read_text())
+    assert local == want, "locales/en/nodeDefs.json is out of date (regenerate it from /object_info)"
+    served = server.get("/i18n").get("en", {}).get("nodeDefs", {})
+    assert {k: served.get(k) for k in want} == want
+    for wf in sorted((REPO / "workflows").glob("*.json")):
+        for n in json.loads(wf.read_text())["nodes"]:
+            assert n.get("title"), f"{wf.name}: node {n['id']} ({n['type']}) has no title"
+            if n["type"] in want:
+                assert n["title"] == want[n["type"]]["display_name"], (wf.name, n["id"], n["title"])
+
+
 @pytest.fixture(scope="module")
 def demo_run(server, model_files):
     p = workflow_prompt(server, model_files, "tiny_puppet_demo.json", "demo")
@@ -205,6 +235,42 @@ def test_tiny_puppet_demo_workflow(server, model_files, demo_run):
     _check_video(server, model_files, p, h, secs, "tiny_puppet_demo", decode=True)
     text = h["outputs"][node_of(p, "IMAnimationSampler")]["text"][0]
     assert "1 window" in text
+
+
+def _stitched(prompt: dict, node: str) -> list:
+    """The IMAGE sources [(node id, slot), ...] an ImageStitch chain ending at ``node`` puts side by side, left
+    first."""
+    n = prompt[node]
+    first = tuple(n["inputs"]["image1"])
+    left = _stitched(prompt, first[0]) if prompt[first[0]]["class_type"] == "ImageStitch" else [first]
+    return left + [tuple(n["inputs"]["image2"])]
+
+
+def test_tiny_puppet_demo_previews(server, demo_run):
+    """The demo explains itself: identity | driving | ground truth | result as one saved, animated video, and the
+    driving / retargeted poses as one animation, all stock nodes (ImageStitch -> CreateVideo -> SaveVideo)."""
+    p, h, _ = demo_run
+    assert_success(h)
+    puppet, frames = node_of(p, "IMAnimationPuppetExample"), node_of(p, "ImageFromBatch")
+    t, size = int(p[puppet]["inputs"]["frames"]), int(p[node_of(p, "IMAnimationRetarget")]["inputs"]["height"])
+    ends = {}  # the last stitched part -> the chain's last ImageStitch
+    for k, v in p.items():
+        if v["class_type"] == "ImageStitch" and not any(
+                w["class_type"] == "ImageStitch" and w["inputs"]["image1"][0] == k for w in p.values()):
+            ends[_stitched(p, k)[-1]] = k
+    side = ends[(frames, 0)]
+    assert _stitched(p, side) == [(puppet, 0), (puppet, 1), (puppet, 2), (frames, 0)]  # identity|driving|truth|result
+    video = saved_video_frames(server, h, p, save_video_of(p, side))
+    sp = int(p[side]["inputs"]["spacing_width"])
+    assert video.shape[0] == t and video.shape[1] == size and video.shape[2] == 4 * size + 3 * sp, video.shape
+    for i in range(4):  # every panel has content, the driving and result panels move
+        panel = video[:, :, i * (size + sp): i * (size + sp) + size].astype(np.float32)
+        assert panel.std() > 5, f"panel {i} is blank"
+        if i in (1, 3):
+            assert np.abs(np.diff(panel, axis=0)).mean() > 0.1, f"panel {i} is frozen"
+    poses = ends[(node_of(p, "IMAnimationRetarget"), 1)]
+    pv = saved_video_frames(server, h, p, save_video_of(p, poses))
+    assert pv.shape[0] == t and pv.std() > 2, (pv.shape, pv.std())
 
 
 def test_long_video_windows_workflow(server, model_files):
