@@ -200,6 +200,8 @@ def test_train_out_onto_its_inputs_is_refused(w, tmp_path, capsys):
     data.mkdir()
     refused(capsys, ["train", "stage1", "--data", data, "--out", data / "run", "--max-steps", "1"],
             "train-out-inside-data")
+    refused(capsys, ["train", "stage3", "--init", s2, "--out", s2, "--vae", "random", "--dry-run"],
+            "train-dry-run-out-is-init", untouched=[init])
     assert listing(data) == [] and listing(s3) == ["export", "export/dit.safetensors"]
 
 
@@ -447,6 +449,18 @@ def test_identity_below_the_nodes_minimum_is_refused_by_the_cli(w, tmp_path, cap
         image_batch(torch.full((1, 12, 40, 3), 0.8), "identity")
     assert message("identity-too-small") in str(e.value) and MIN_IMAGE_SIDE == 16
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_driving_frames_below_the_minimum_are_refused(w, tmp_path, capsys):
+    from imanim_core.io.video import write_video
+
+    tiny = tmp_path / "tiny.mp4"
+    write_video(tiny, np.full((5, 12, 12, 3), 120, np.uint8), fps=8)
+    refused(capsys, ["encode-motion", "--checkpoint", w["bundle"], "--driving", tiny,
+                     "--out", tmp_path / "t.safetensors"], "driving-too-small")
+    refused(capsys, ["animate", "--identity", w["identity"], "--driving", tiny, "--out", tmp_path / "o.mp4",
+                     "--steps", "1"] + model_args(w), "driving-too-small")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.mp4"]
 
 
 def test_train_with_missing_data_leaves_no_run_folder(tmp_path, capsys):

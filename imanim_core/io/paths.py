@@ -9,9 +9,9 @@ Rules (docs/BAD_INPUTS.md lists what the tests hold them to):
 - **Output paths are checked first.** A file output that is a folder, a folder output that is a file, a parent
   that is a file, a folder that cannot be written: one line naming the path, before any model is loaded (the
   CLI checks in :func:`preflight` before the command module imports torch), and nothing is created.
-- ``train``: a ``--data`` folder that does not exist is refused here too (also with ``--dry-run``, which writes
-  nothing and so skips the ``--out`` checks), an ``--out`` inside ``--data`` as well, and the run folders a failed
-  run created but left empty are removed again (:func:`new_dirs` / :func:`remove_empty`, called by ``cli.main``).
+- ``train``: a ``--data`` folder that does not exist is refused here too, an ``--out`` inside ``--data`` as well
+  (``--dry-run`` writes nothing but runs the same checks), and the run folders a failed run created but left empty
+  are removed again (:func:`new_dirs` / :func:`remove_empty`, called by ``cli.main``).
 
 Everything raises :class:`~imanim_core.errors.InputError` (exit code 2). No torch import.
 """
@@ -203,10 +203,11 @@ def preflight(command: str, args) -> Optional[list]:
             what = "is not a folder" if os.path.lexists(os.path.expanduser(str(data))) else "does not exist"
             raise InputError(f"--data {str(data)!r} {what}; expected a video folder (root/<clip>/video.mp4 or "
                              f"frames/, plus pose/)")
-        if not out or getattr(args, "dry_run", False):  # a dry run writes nothing
+        if not out:
             return None
         p = check_output_dir(out, "--out", inputs, spec["files"], data_inputs=("--data",))
-        return new_dirs(p, TRAIN_DIRS)
+        # a dry run writes nothing, but says now what the real run would refuse
+        return None if getattr(args, "dry_run", False) else new_dirs(p, TRAIN_DIRS)
     inputs = {f"--{k}": getattr(args, k, None) for k in spec["inputs"]}
     label = spec.get("label", "--out")
     if spec["kind"] == "file":
