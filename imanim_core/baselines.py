@@ -10,14 +10,15 @@ latent appended in time, sampled by the same pipeline (:func:`imanim_core.pipeli
 ``motion_tokens=``). So the only difference to IM-Animation is the motion representation: the skeleton
 encoder replaces tokenizer + retargeter.
 
-Training (same budget as the model's stage 3). :class:`SkeletonStage` is a training stage for the shared
-loop (``train.common.run_training``) that follows ``train stage3``'s tiny recipe: the stage-3 preset and
+Training (same budget as the model's stage 3). ``train.skeleton.SkeletonStage`` is a training stage for the
+shared loop (``train.loop.run_training``) that follows ``train stage3``'s tiny recipe: the stage-3 preset and
 options (steps, batch, lr, clip length, size, data: puppet world with the same cross-identity share, fresh tiny
 DiT trained in full + injector), the same frozen VAE and the same flow-matching loss with a zero text context;
-the skeleton encoder trains from scratch at the base learning rate. Command::
+the skeleton encoder trains from scratch at the base learning rate. Command (``commands/baseline.py``; also as
+``python -m imanim_core.baselines train|install ...``)::
 
-    python -m imanim_core.baselines train --vae runs/vae --out runs/skeleton [any `train stage3` option]
-    python -m imanim_core.baselines install runs/skeleton/export     # -> imanim_core/weights/baselines/skeleton
+    python -m imanim_core baseline train --vae runs/vae --out runs/skeleton [any `train stage3` option]
+    python -m imanim_core baseline install runs/skeleton/export     # -> imanim_core/weights/baselines/skeleton
 
 Files (``DIR/export/``, and the installed folder): ``skeleton_baseline.safetensors`` (``skeleton_encoder.*`` and
 ``injector.*``, metadata ``format=im-animation-skeleton-baseline``, ``config`` JSON), ``dit.safetensors``
@@ -27,7 +28,6 @@ Files (``DIR/export/``, and the installed folder): ``skeleton_baseline.safetenso
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,9 +35,16 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 
+from . import pipeline as P
+from .backbone.wan import load_dit, load_vae, save_dit
 from .config import InjectorConfig, _Base
+from .data.skeleton import draw_skeleton
 from .errors import CheckpointError, IMAnimError, InputError
+from .io.atomic import copy_file, save_safetensors
+from .models.injector import MotionInjector
+from .weights import SKELETON_BASELINE_DIR, VAE_FILE
 
 BASELINE_FORMAT = "im-animation-skeleton-baseline"
 BASELINE_FORMAT_VERSION = 1
@@ -86,8 +93,6 @@ def skeleton_frames(keypoints, size: Sequence[int], source_hw: Optional[Sequence
     """The driver's keypoints ``[T, 20, 2]`` (pixels of a ``source_hw`` frame; default: ``size``) drawn as coloured
     sticks on black at the grid ``size`` (H, W) -> float ``[T, H, W, 3]`` in [0, 1]. A source frame of another
     aspect is letterboxed (scaled to fit inside, centred), like the identity image."""
-    from .data.skeleton import draw_skeleton
-
     kp = np.asarray(keypoints.detach().cpu() if torch.is_tensor(keypoints) else keypoints, dtype=np.float64)
     h, w = int(size[0]), int(size[1])
     if source_hw is not None and tuple(int(v) for v in source_hw) != (h, w):
@@ -104,8 +109,6 @@ def skeleton_frames(keypoints, size: Sequence[int], source_hw: Optional[Sequence
 
 # ============================================================================================== files
 def save_skeleton_baseline(path, encoder: SkeletonEncoder, injector, metadata: Optional[dict] = None) -> Path:
-    from .io.atomic import save_safetensors
-
     tensors = {}
     for prefix, mod in (("skeleton_encoder", encoder), ("injector", injector)):
         for k, v in mod.state_dict().items():
@@ -118,10 +121,6 @@ def save_skeleton_baseline(path, encoder: SkeletonEncoder, injector, metadata: O
 
 def load_skeleton_parts(path, device="cpu") -> tuple:
     """(SkeletonEncoder, MotionInjector, metadata) from a ``skeleton_baseline.safetensors`` file."""
-    from safetensors import safe_open
-
-    from .models.injector import MotionInjector
-
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"skeleton baseline file {str(p)!r} does not exist")
@@ -161,8 +160,6 @@ class SkeletonBaseline:
 
     def animate(self, identity, keypoints, size, source_hw=None, **kw):
         """Like :func:`imanim_core.pipeline.run`, driven by the driver's keypoints ``[T, 20, 2]``."""
-        from . import pipeline as P
-
         size = P.check_size(size)
         return P.run(identity, None, None, self.dit, self.vae, size=size,
                      motion_tokens=self.tokens(keypoints, size, source_hw), injector=self.injector, **kw)
@@ -171,8 +168,6 @@ class SkeletonBaseline:
 def baseline_files(folder) -> dict:
     """The baseline's files. Its VAE is the one the IM-Animation model uses (both are trained on the same VAE run):
     ``folder/vae.safetensors`` when present (a training export), else the embedded VAE (the installed baseline)."""
-    from .weights import VAE_FILE
-
     d = Path(folder)
     vae = d / "vae.safetensors"
     return {"baseline": d / BASELINE_FILE, "dit": d / "dit.safetensors", "vae": vae if vae.is_file() else VAE_FILE}
@@ -181,15 +176,13 @@ def baseline_files(folder) -> dict:
 def skeleton_baseline_status(folder) -> str:
     missing = [str(p) for p in baseline_files(folder).values() if not p.is_file()]
     if missing:
-        return (f"not trained (no weights: missing {', '.join(missing)}; train with `python -m imanim_core.baselines "
-                f"train --vae runs/vae --out runs/skeleton` then `python -m imanim_core.baselines install "
+        return (f"not trained (no weights: missing {', '.join(missing)}; train with `python -m imanim_core baseline "
+                f"train --vae runs/vae --out runs/skeleton` then `python -m imanim_core baseline install "
                 f"runs/skeleton/export`)")
     return "ok"
 
 
 def load_skeleton_baseline(folder, device="cpu") -> SkeletonBaseline:
-    from .backbone.wan import load_dit, load_vae
-
     files = baseline_files(folder)
     status = skeleton_baseline_status(folder)
     if status != "ok":
@@ -201,9 +194,6 @@ def load_skeleton_baseline(folder, device="cpu") -> SkeletonBaseline:
 
 def install(export_dir, dest=None) -> Path:
     """Copy a finished baseline run's export folder to ``dest`` (default ``weights/baselines/skeleton``)."""
-    from .io.atomic import copy_file
-    from .weights import SKELETON_BASELINE_DIR
-
     src = Path(export_dir)
     if skeleton_baseline_status(src) != "ok":
         raise CheckpointError(f"install: {str(src)!r} is not a skeleton-baseline export folder "
@@ -213,160 +203,20 @@ def install(export_dir, dest=None) -> Path:
     copy_file(files["baseline"], dst / files["baseline"].name)
     # the DiT ships in fp16 like the embedded model; the VAE is shared with it (see baseline_files), so it is
     # copied only when installing somewhere else than the embedded weights folder
-    from .backbone.wan import load_dit, save_dit
-
     save_dit(load_dit(files["dit"]), dst / "dit.safetensors", dtype=torch.float16)
     if dest:
         copy_file(files["vae"], dst / "vae.safetensors")
     return dst
 
 
-# ============================================================================================== training
-class SkeletonModule(nn.Module):
-    def __init__(self, dit, injector, encoder, text_len: int):
-        super().__init__()
-        self.dit, self.injector, self.encoder = dit, injector, encoder
-        self.text_len = text_len
-
-    def forward(self, batch):
-        from .backbone.flow import flow_matching_loss, zero_context
-
-        ref, x0 = batch["reference"], batch["latents"]
-        tokens = self.encoder(batch["skeleton"])
-        ctx = zero_context(x0.shape[0], self.text_len, self.dit.config.text_dim, device=x0.device)
-        fm = flow_matching_loss(self.dit, x0, ctx, reference=ref, motion=tokens)
-        return fm, {"flow": fm.detach()}
+__all__ = ["SkeletonEncoderConfig", "SkeletonEncoder", "SkeletonBaseline", "skeleton_frames", "save_skeleton_baseline",
+           "load_skeleton_parts", "load_skeleton_baseline", "skeleton_baseline_status", "baseline_files", "install",
+           "BASELINE_FILE", "BASELINE_FORMAT"]
 
 
-def _stage_base():
-    from .train.common import PooledClipStage
+if __name__ == "__main__":  # the older spelling of `python -m imanim_core baseline ...`
+    import sys
 
-    return PooledClipStage
+    from .cli import main
 
-
-class SkeletonStage(_stage_base()):
-    """``train stage3``'s recipe with the skeleton encoder in place of tokenizer + retargeter."""
-
-    name = "skeleton-baseline"
-    find_unused_parameters = False
-
-    def build(self) -> nn.Module:
-        from .backbone.wan import build_dit, load_dit
-        from .models.injector import MotionInjector, attach_to
-        from .train.data import CLIP_FPS, make_source
-        from .train.stage2 import load_frozen_vae
-
-        cfg = self.cfg
-        if cfg.effective_dit_training != "full":
-            raise IMAnimError("the skeleton baseline follows the tiny stage-3 recipe: --dit-training full only")
-        if cfg.dit and not self.dry:
-            dit = load_dit(cfg.dit)
-        else:
-            dit = build_dit(cfg.dit_preset)
-        dit_dim = int(dit.config.num_attention_heads * dit.config.attention_head_dim)
-        enc_cfg = SkeletonEncoderConfig(out_dim=cfg.joint_head_config().joint_dim)
-        inj_cfg = cfg.injector_config(dit_dim).replace(in_dim=enc_cfg.out_dim)
-        encoder = SkeletonEncoder(enc_cfg)
-        injector = MotionInjector(inj_cfg)
-        dit.requires_grad_(True).train()
-        attach_to(dit, injector)
-        self.enc_cfg, self.inj_cfg = enc_cfg, inj_cfg
-        module = SkeletonModule(dit, injector, encoder, cfg.text_len)
-        self.vae, self.vae_path = load_frozen_vae(cfg, self.device, self.dry)
-        if not self.dry:
-            module.to(self.device)
-            self.source = make_source(cfg, 3, cfg.num_frames, fps=CLIP_FPS)
-        return module
-
-    def param_groups(self) -> list:
-        m = self.module
-        inj = {id(p) for p in m.injector.parameters()}
-        return [{"name": "injector", "params": list(m.injector.parameters()), "lr_scale": 1.0},
-                {"name": "dit (full)", "params": [p for p in m.dit.parameters() if id(p) not in inj],
-                 "lr_scale": 1.0},
-                {"name": "skeleton encoder", "params": list(m.encoder.parameters()), "lr_scale": 1.0}]
-
-    def describe(self) -> str:
-        c = self.cfg
-        return (f"skeleton baseline: trains the whole DiT + injector + skeleton encoder (stage-3 tiny recipe); VAE "
-                f"{self.vae_path}; clips of {c.num_frames} frames at {c.height}x{c.width}")
-
-    def clip_inputs(self, b):
-        frames = b["frames"]
-        bsz, t, h, w, _ = frames.shape
-        if (t - 1) % 4:
-            raise IMAnimError(f"skeleton baseline: clips must have 4n+1 frames, the data gave {t}")
-        sk = torch.stack([skeleton_frames(b["keypoints"][i], (h, w), visibility=b["visibility"][i])
-                          for i in range(bsz)])
-        return {"skeleton": sk, "identity": b["identity"], "target": b["target"]}
-
-    def frozen_outputs(self, batch):
-        from .backbone.wan import vae_encode
-        from .train.stage2 import identity_latent
-
-        video = batch["target"].permute(0, 4, 1, 2, 3) * 2.0 - 1.0
-        return {"skeleton": batch["skeleton"], "reference": identity_latent(self.vae, batch["identity"]),
-                "latents": vae_encode(self.vae, video)}
-
-    def export(self, module, export_dir: Path) -> dict:
-        from .backbone.wan import save_dit, save_vae
-        from .train.common import write_manifest
-
-        export_dir = Path(export_dir)
-        files = {"baseline": save_skeleton_baseline(export_dir / BASELINE_FILE, module.encoder, module.injector,
-                                                    {"step": self.step, "preset": self.cfg.preset}),
-                 "dit": save_dit(module.dit, export_dir / "dit.safetensors")}
-        vae_dst = export_dir / "vae.safetensors"
-        if self.vae_path == "random":
-            files["vae"] = save_vae(self.vae, vae_dst)
-        else:
-            from .io.atomic import copy_file
-
-            files["vae"] = copy_file(self.vae_path, vae_dst)
-        files["manifest"] = write_manifest(export_dir, {
-            "stage": "skeleton-baseline", "step": self.step, "recipe": "train stage3 (tiny-puppet)",
-            "video_size": [self.cfg.height, self.cfg.width], "num_frames": self.cfg.num_frames,
-            "vae_source": self.vae_path})
-        return files
-
-
-def main(argv=None) -> int:
-    """``python -m imanim_core.baselines train [train stage3 options]`` / ``install EXPORT_DIR [DEST]``."""
-    import argparse
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "install"):
-        print("usage: python -m imanim_core.baselines train --vae runs/vae --out runs/skeleton [train stage3 options]\n"
-              "       python -m imanim_core.baselines install runs/skeleton/export [DEST]", file=sys.stderr)
-        return 2
-    try:
-        if argv[0] == "install":
-            if len(argv) < 2:
-                raise InputError("install: give the export folder of a finished baseline run")
-            dst = install(argv[1], argv[2] if len(argv) > 2 else None)
-            print(f"installed the skeleton baseline in {dst}")
-            return 0
-        from .train import cli as train_cli
-        from .train.common import run_training
-
-        p = argparse.ArgumentParser(prog="python -m imanim_core.baselines train",
-                                    description="train the explicit skeleton baseline with the stage-3 recipe")
-        train_cli.add_arguments(p)
-        args = p.parse_args(["stage3"] + argv[1:])
-        cfg = train_cli.config_from_args(args)
-        return run_training(cfg, SkeletonStage, resume=args.resume)
-    except IMAnimError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-__all__ = ["SkeletonEncoderConfig", "SkeletonEncoder", "SkeletonBaseline", "SkeletonStage", "skeleton_frames",
-           "save_skeleton_baseline", "load_skeleton_parts", "load_skeleton_baseline", "skeleton_baseline_status",
-           "baseline_files", "install", "main"]
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["baseline", *sys.argv[1:]]))

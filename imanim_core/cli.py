@@ -17,6 +17,7 @@ COMMANDS = {
     "encode-motion": ("imanim_core.commands.encode_motion", "encode a driving video into motion tokens"),
     "bench": ("imanim_core.commands.bench", "measure speed (bench encoder)"),
     "train": ("imanim_core.train.cli", "train stage1|stage2|stage3|vae"),
+    "baseline": ("imanim_core.commands.baseline", "train|install the explicit skeleton baseline"),
     "demo": ("imanim_core.commands.demo", "animate a puppet with the embedded model"),
     "animate": ("imanim_core.commands.animate", "animate an identity image with a driving video"),
     "eval": ("imanim_core.commands.eval_cmd", "held-out ground-truth benchmark"),

@@ -34,7 +34,7 @@ pb=$!
 wait $pa; wait $pb
 tail -n 3 "$RUN/vae.out" "$RUN/s1.out"
 echo "== phase B: stage2 ($S2_STEPS) -> stage3 ($S3_STEPS) || skeleton baseline ($S3_STEPS)"
-$PY -m imanim_core.baselines train "${COMMON[@]}" --vae "$RUN/vae" --max-steps "$S3_STEPS" --out "$RUN/skeleton" \
+$PY -m imanim_core baseline train "${COMMON[@]}" --vae "$RUN/vae" --max-steps "$S3_STEPS" --out "$RUN/skeleton" \
     $(resume "$RUN/skeleton") > "$RUN/skeleton.out" 2>&1 &
 pc=$!
 $PY -m imanim_core train stage2 "${COMMON[@]}" --init "$RUN/s1" --vae "$RUN/vae" --max-steps "$S2_STEPS" \
@@ -47,7 +47,7 @@ wait $pc
 tail -n 3 "$RUN/skeleton.out"
 echo "== install (fp16)"
 $PY -c "import torch; from imanim_core.weights import install_from_export as i; print(i('$RUN/s3/export', dtype=torch.float16))"
-$PY -m imanim_core.baselines install "$RUN/skeleton/export"
+$PY -m imanim_core baseline install "$RUN/skeleton/export"
 echo "== per-stage gates and the benchmark (the installed model)"
 $PY -m imanim_core eval --stages --out "$RUN/eval" --no-progress > "$RUN/eval.out" 2>&1 || true
 cat "$RUN/eval/gates.md" 2>/dev/null || tail -n 20 "$RUN/eval.out"

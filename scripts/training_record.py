@@ -44,7 +44,7 @@ scripts/train_tiny_default.sh runs/tiny
 ```
 
 It runs `train vae` ‖ `train stage1`, then `train stage2` → `train stage3` ‖ the skeleton baseline
-(`python -m imanim_core.baselines train`, the stage-3 recipe with the same steps), all with
+(`python -m imanim_core baseline train`, the stage-3 recipe with the same steps), all with
 `--preset tiny-puppet --seed 0 --threads 1`, installs the stage-3 export (fp16; the VAE's `decoder.1.weight` stays fp32, see `save_vae`)
 and the baseline, and ends with `python -m imanim_core eval --stages` (the gate table below). Wall time of the whole
 command: {f'{wall / 60:.1f} min' if wall else 'the critical path of the table (vae ‖ stage 1, then stage 2 + stage 3)'}.

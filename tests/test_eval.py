@@ -11,12 +11,8 @@ import torch
 from imanim_core import evaluation as E
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models only: single-threaded (see conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -110,11 +106,11 @@ def test_skeleton_baseline_trains_plugs_in_and_eval_quick_writes_its_files(tmp_p
     spec.loader.exec_module(helpers)
     save_tiny, tiny_models = helpers.save_tiny, helpers.tiny_models
 
-    from imanim_core.baselines import (SkeletonStage, load_skeleton_baseline, skeleton_baseline_status,
-                                       skeleton_frames)
+    from imanim_core.baselines import load_skeleton_baseline, skeleton_baseline_status, skeleton_frames
     from imanim_core.cli import main
-    from imanim_core.train.common import run_training
     from imanim_core.train.config import resolve_config
+    from imanim_core.train.loop import run_training
+    from imanim_core.train.skeleton import SkeletonStage
 
     assert skeleton_baseline_status(tmp_path / "none").startswith("not trained")
     sk = skeleton_frames(np.random.default_rng(0).uniform(0, 30, (3, 20, 2)), (32, 48), source_hw=(32, 32))
@@ -147,3 +143,24 @@ def test_skeleton_baseline_trains_plugs_in_and_eval_quick_writes_its_files(tmp_p
     assert len(rep["per_case"]) == 3 * 5
     md = (out / "metrics.md").read_text()
     assert "| im_animation |" in md and "large mismatch" in md
+
+
+def test_baseline_command_in_the_main_cli_and_its_older_spelling(tmp_path, capsys):
+    """`python -m imanim_core baseline install|train` (commands/baseline.py) and `python -m imanim_core.baselines`,
+    which runs the same command: one error line and exit code 2 for a folder that is not a baseline export."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from imanim_core.cli import main
+
+    assert main(["baseline", "install", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: install: ") and "is not a skeleton-baseline export folder" in err
+    with pytest.raises(SystemExit) as e:  # a sub-command is required
+        main(["baseline"])
+    assert e.value.code == 2
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "imanim_core.baselines", "install", str(tmp_path / "none")],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: install: ")

@@ -18,7 +18,8 @@ import torch
 
 from imanim_core.errors import IMAnimError
 from imanim_core.train.cli import stage_class
-from imanim_core.train.common import list_checkpoints, run_training
+from imanim_core.train.checkpoint import list_checkpoints
+from imanim_core.train.loop import run_training
 from imanim_core.train.config import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,7 +311,7 @@ def test_real_preset_is_constructible_dry_run(tmp_path, capsys):
     except Exception:  # noqa: BLE001
         lora = []
     rc = main(["train", "stage3", "--preset", "real", "--data", str(tmp_path), "--init", str(bundle), "--dit",
-               str(dit), "--vae", str(vae), "--out", str(tmp_path / "r"), "--dry-run"] + lora)
+               str(dit), "--vae", str(vae), "--out", str(tmp_path.parent / f"{tmp_path.name}_run"), "--dry-run"] + lora)
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["config"]["num_frames"] == 81 and rep["config"]["height"] == 480

@@ -9,7 +9,7 @@ The names below are imported lazily (``from imanim_core.data import render_clip`
 """
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "heatmaps": ("render_heatmaps", "heatmap_argmax", "heatmaps_to_image"),
@@ -21,18 +21,4 @@ _EXPORTS = {
     "video_folder": ("Augment", "VideoFolderDataset", "VideoFolderReport", "ClipInfo", "validate_video_folder",
                      "write_puppet_video_folder"),
 }
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

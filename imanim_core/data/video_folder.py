@@ -50,7 +50,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..config import NUM_JOINTS
-from ..errors import DataError, IMAnimError
+from ..errors import DataError, IMAnimError, InputError
+from ..io.video import list_image_files, read_image, read_video, write_video
+from .puppet import FAMILIES, PuppetIdentity, PuppetMotion, render_clip
 from .skeleton import FLIP_PERMUTATION, keypoints_from_openpose, keypoints_to_openpose
 
 VIDEO_NAMES = tuple(f"video{e}" for e in (".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi", ".gif"))
@@ -99,8 +101,6 @@ def _clip_dirs(root: Path) -> list:
 
 
 def _check_clip(d: Path, threshold: float, allow_empty_frames: bool, problems: list) -> Optional[ClipInfo]:
-    from ..io.video import list_image_files, read_image, read_video
-
     n0 = len(problems)
     videos = [d / v for v in VIDEO_NAMES if (d / v).is_file()]
     fdir = d / FRAMES_DIR
@@ -361,8 +361,6 @@ class VideoFolderDataset(_torch_dataset_base()):
                  frame_stride: int = 1, min_gap: int = 8, augment=True, samples_per_epoch: Optional[int] = None,
                  seed: int = 0, threshold: float = 0.3, allow_empty_frames: bool = False, cache_clips: int = 2,
                  report: Optional[VideoFolderReport] = None):
-        from ..errors import InputError
-
         if int(stage) not in (1, 2, 3):
             raise InputError(f"stage: expected 1, 2 or 3, got {stage}")
         if int(num_frames) < 1 or int(frame_stride) < 1 or int(min_gap) < 0:
@@ -412,8 +410,6 @@ class VideoFolderDataset(_torch_dataset_base()):
         return start, int(rng.choice(cand))
 
     def _read_frames(self, clip: ClipInfo, idx: list) -> np.ndarray:
-        from ..io.video import read_image, read_video
-
         try:
             if clip.kind == "video":
                 frames = self._cache.get(str(clip.source), lambda: read_video(clip.source)[0])
@@ -519,9 +515,6 @@ def write_puppet_video_folder(root, num_clips: int = 4, frames: int = 24, size: 
     "body18". Each clip is written to a temporary folder and renamed into place; clips already complete with the
     same settings are kept, so an interrupted run resumes. A ``puppet.json`` per clip records the seeds.
     """
-    from ..errors import InputError
-    from .puppet import FAMILIES, PuppetIdentity, PuppetMotion, render_clip
-
     if layout not in ("video", "frames"):
         raise InputError(f"layout {layout!r}: expected 'video' or 'frames'")
     if pose_format not in ("dwpose", "body25", "body18"):
@@ -556,8 +549,6 @@ def write_puppet_video_folder(root, num_clips: int = 4, frames: int = 24, size: 
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=str(out)))
         try:
             if layout == "video":
-                from ..io.video import write_video
-
                 write_video(tmp / "video.mp4", r["frames"], fps)
             else:
                 import cv2

@@ -5,9 +5,12 @@
 - ``stage2.py``  retargeter (+ joint head) with heatmap supervision, codebook frozen -> bundle + manifest (VAE)
 - ``stage3.py``  Wan DiT (full / adapter / LoRA) + injector (+ retargeter) by flow matching with the reference
   frame appended in time -> bundle (5 parts), ``dit.safetensors`` (original layout), ``vae.safetensors``
-- ``common.py``  the shared loop (Accelerate: DDP/FSDP, mixed precision, accumulation, EMA, checkpoints,
-  exact resume, Ctrl-C), ``config.py`` (``TrainConfig`` and the presets), ``data.py`` (puppet world / video
-  folder and the heatmap targets), ``cli.py`` (the command), ``accelerate/*.yaml`` (launch configs).
+- ``loop.py``    the shared loop, ``Trainer`` (Accelerate: DDP/FSDP, mixed precision, accumulation, Ctrl-C),
+  with ``stage.py`` (the ``Stage`` API), ``seeding.py`` (seeds and RNG states: exact resume), ``losses.py``,
+  ``optim.py`` (EMA, lr schedule), ``checkpoint.py`` (the checkpoint format), ``runtime.py`` (data loading,
+  ``log.csv``, Accelerator), ``inputs.py`` (``--init``/``--vae``); ``common.py`` re-exports them in one import;
+  ``skeleton.py`` (the skeleton baseline's stage), ``config.py`` (``TrainConfig`` and the presets), ``data.py``
+  (puppet world / video folder and the heatmap targets), ``cli.py`` (the command), ``accelerate/*.yaml``.
 
 Typical tiny run (each stage picks up the previous one through ``--init``)::
 

@@ -16,9 +16,10 @@ checkpoint; Ctrl-C saves a checkpoint and exits (code 130).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 
-from .config import PRESETS, STAGES
+from .config import PRESETS, STAGES, resolve_config
 
 # flag -> (TrainConfig field, type, help); None type = store_true-like optional boolean
 _FLAGS = [
@@ -76,9 +77,13 @@ _FLAGS = [
 ]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, stage: bool = True) -> None:
+    """The ``train`` options; ``stage=False``: without the stage argument (``baseline train``: stage-3 options)."""
     parser.description = __doc__.split("\n\n")[0]
-    parser.add_argument("stage", choices=STAGES, help="what to train")
+    if stage:
+        parser.add_argument("stage", choices=STAGES, help="what to train")
+    else:
+        parser.set_defaults(stage="stage3")
     parser.add_argument("--preset", choices=PRESETS, default=None,
                         help="tiny-puppet (CPU-sized, puppet world; default) or real (Wan 2.1 1.3B-sized)")
     parser.add_argument("--config", default=None, help="YAML/JSON file with TrainConfig fields (flags override it)")
@@ -94,35 +99,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    from .config import resolve_config
-
     overrides = {field: getattr(args, field, None) for _, field, _, _ in _FLAGS}
     return resolve_config(args.stage, preset=args.preset, config_file=args.config, overrides=overrides)
 
 
+# stage -> (module, class), imported only when that stage runs
+STAGE_CLASSES = {"stage1": ("stage1", "Stage1"), "stage2": ("stage2", "Stage2"), "stage3": ("stage3", "Stage3"),
+                 "vae": ("vae", "VAEStage")}
+
+
 def stage_class(stage: str):
-    if stage == "stage1":
-        from .stage1 import Stage1
-        return Stage1
-    if stage == "stage2":
-        from .stage2 import Stage2
-        return Stage2
-    if stage == "stage3":
-        from .stage3 import Stage3
-        return Stage3
-    from .vae import VAEStage
-    return VAEStage
+    mod, name = STAGE_CLASSES.get(stage, STAGE_CLASSES["vae"])
+    return getattr(importlib.import_module(f"{__package__}.{mod}"), name)
 
 
 def run(args) -> int:
     cfg = config_from_args(args)
     cls = stage_class(cfg.stage)
     if args.dry_run:
-        from .common import dry_run
+        from .loop import dry_run
 
         report = dry_run(cfg, cls)
         print(json.dumps(report, indent=2))
         return 0
-    from .common import run_training
+    from .loop import run_training
 
     return run_training(cfg, cls, resume=args.resume)

@@ -1,7 +1,7 @@
 """Training data for the stages: the puppet world (tiny preset) or a video folder (``--data``), and the
 targets built from them (tokenizer inputs, heatmaps in the right frame).
 
-Both data sets give the same sample keys (``data/puppet.py`` ``PuppetDataset``): ``frames`` [T,H,W,3] float in
+Both data sets give the same sample keys (``data/puppet/`` ``PuppetDataset``): ``frames`` [T,H,W,3] float in
 [0, 1] (the driving clip), ``keypoints`` [T,20,2] pixels, ``visibility`` [T,20]; stages 2-3 also ``identity``
 [H,W,3], ``target`` [T,H,W,3], ``target_keypoints``, ``target_visibility``. Heatmaps are rendered here (not by
 the data sets) so that their frame is always the one the model sees:
@@ -11,7 +11,7 @@ the data sets) so that their frame is always the one the model sees:
 - stages 2-3: in the **identity image's frame** (= the target video's frame), on the retargeter grid
   (latent h/2 x w/2 = H/16 x W/16) x upsample.
 
-Which samples a batch holds is a pure function of the run's sample counter (see ``common.epoch_indices``),
+Which samples a batch holds is a pure function of the run's sample counter (see ``seeding.epoch_indices``),
 so the data position is restored exactly on resume.
 """
 from __future__ import annotations
@@ -22,9 +22,12 @@ from typing import Optional
 import torch
 
 from ..data.heatmaps import render_heatmaps
+from ..data.puppet import PuppetDataset
+from ..data.video_folder import VideoFolderDataset
 from ..errors import DataError, IMAnimError
+from ..models.tokenizer import preprocess_frames
 from .config import TrainConfig
-from .common import epoch_indices
+from .seeding import epoch_indices
 
 PUPPET_LENGTH = 2 ** 31 - 1  # the puppet world is endless: item i is generated from (seed, i)
 STAGE1_FRAMES_PER_CLIP = 4  # stage 1 draws this many frames from each clip ...
@@ -62,8 +65,6 @@ def make_source(cfg: TrainConfig, stage: int, num_frames: int, fps: float = CLIP
     video folder's way of spacing frames out."""
     size = tuple(size) if size is not None else (cfg.height, cfg.width)
     if cfg.data:
-        from ..data.video_folder import VideoFolderDataset
-
         ds = VideoFolderDataset(cfg.data, num_frames=num_frames, size=size, heatmap_size=None, stage=stage,
                                 frame_stride=frame_stride, samples_per_epoch=PUPPET_LENGTH, seed=cfg.seed)
         if ds.skipped:
@@ -72,8 +73,6 @@ def make_source(cfg: TrainConfig, stage: int, num_frames: int, fps: float = CLIP
         return Source(ds, num_clips=len(ds.clips), seed=cfg.seed, what=str(cfg.data))
     if cfg.preset != "tiny-puppet":
         raise IMAnimError("--data: the 'real' preset needs a video folder")
-    from ..data.puppet import PuppetDataset
-
     ds = PuppetDataset(length=PUPPET_LENGTH, stage=stage, num_frames=num_frames, size=size, fps=fps,
                        heatmap_size=None, cross_identity_prob=cfg.cross_identity_prob if stage > 1 else 0.0,
                        seed=cfg.seed)
@@ -102,8 +101,6 @@ def square_keypoints(kp: torch.Tensor, height: int, width: int) -> tuple:
 def stage1_targets(frames: torch.Tensor, keypoints: torch.Tensor, visibility: torch.Tensor, image_size: int,
                    heatmap_size: int, sigma: float) -> tuple:
     """frames [N,H,W,3] -> (tokenizer pixels [N,3,S,S], heatmaps [N,J,hm,hm] in the padded square)."""
-    from ..models.tokenizer import preprocess_frames
-
     h, w = frames.shape[1:3]
     pixels = preprocess_frames(frames, image_size)
     kp, side = square_keypoints(keypoints.float(), h, w)

@@ -18,10 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import BundleConfig
-from .common import (Stage, copy_weights, keypoint_error, load_init, mix_seed, weighted_heatmap_mse,
-                     write_manifest)
+from ..models.bundle import IMAnimationBundle, build_part, save_bundle
 from .data import (STAGE1_FPS, STAGE1_FRAME_STRIDE, STAGE1_FRAMES_PER_CLIP, make_source, stage1_batch,
                    stage1_targets)
+from .inputs import copy_weights, load_init, write_manifest
+from .losses import keypoint_error, weighted_heatmap_mse
+from .seeding import mix_seed
+from .stage import Stage
 
 
 class Stage1Module(nn.Module):
@@ -67,8 +70,6 @@ class Stage1(Stage):
     name = "stage1"
 
     def build(self) -> nn.Module:
-        from ..models.bundle import build_part
-
         cfg = self.cfg
         init_cfg, init = load_init(cfg, self.dry)
         tok_cfg = (init_cfg.tokenizer if init_cfg and init_cfg.tokenizer else cfg.tokenizer_config())
@@ -162,8 +163,6 @@ class Stage1(Stage):
             self.module.hits = tensors["code_hits"].to(self.device)
 
     def export(self, module, export_dir: Path) -> dict:
-        from ..models.bundle import IMAnimationBundle, save_bundle
-
         b = IMAnimationBundle(config=self.bundle_config, tokenizer=module.tokenizer,
                               motion_decoder=module.motion_decoder, joint_head=module.joint_head)
         path = save_bundle(b, Path(export_dir) / "bundle.safetensors",

@@ -21,11 +21,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..backbone.wan import build_vae, load_vae, vae_encode
 from ..config import BundleConfig
 from ..errors import IMAnimError
-from .common import (Stage, copy_weights, find_vae, keypoint_error, load_init, weighted_heatmap_mse,
-                     write_manifest)
+from ..models.bundle import IMAnimationBundle, build_part, save_bundle
+from ..models.tokenizer import preprocess_frames
 from .data import CLIP_FPS, clip_batch, frame_heatmaps, make_source
+from .inputs import copy_weights, find_vae, load_init, write_manifest
+from .losses import keypoint_error, weighted_heatmap_mse
+from .stage import Stage
 
 
 def encoder_parameters(tokenizer) -> list:
@@ -61,8 +65,6 @@ class RetargetModule(nn.Module):
 
 def load_frozen_vae(cfg, device, dry: bool):
     """The VAE stages 2 and 3 encode with: frozen, eval, on ``device``; (vae, path or 'random')."""
-    from ..backbone.wan import build_vae, load_vae
-
     path = find_vae(cfg)
     if dry or path == "random":
         vae = build_vae(cfg.vae_preset)
@@ -77,8 +79,6 @@ def load_frozen_vae(cfg, device, dry: bool):
 
 def identity_latent(vae, identity: torch.Tensor) -> torch.Tensor:
     """identity images [B,H,W,3] in [0,1] -> normalised latent [B,16,1,h,w]."""
-    from ..backbone.wan import vae_encode
-
     x = identity.permute(0, 3, 1, 2)[:, :, None] * 2.0 - 1.0
     return vae_encode(vae, x)
 
@@ -87,8 +87,6 @@ class Stage2(Stage):
     name = "stage2"
 
     def build(self) -> nn.Module:
-        from ..models.bundle import build_part
-
         cfg = self.cfg
         init_cfg, init = load_init(cfg, self.dry)
         if init_cfg is None:
@@ -161,8 +159,6 @@ class Stage2(Stage):
                 f"{c.cross_identity_prob if not c.data else 0:g}")
 
     def load_batch(self, gen, sample_offset):
-        from ..models.tokenizer import preprocess_frames
-
         cfg = self.cfg
         b = clip_batch(self.source, sample_offset, cfg.batch_size)
         frames = b["frames"]  # [B,T,H,W,3]
@@ -181,8 +177,6 @@ class Stage2(Stage):
         return batch
 
     def export(self, module, export_dir: Path) -> dict:
-        from ..models.bundle import IMAnimationBundle, save_bundle
-
         b = IMAnimationBundle(config=self.bundle_config, tokenizer=module.tokenizer,
                               motion_decoder=self.motion_decoder, joint_head=module.joint_head,
                               retargeter=module.retargeter)

@@ -29,10 +29,20 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..backbone.convert import dit_config_from_shapes, dit_diffusers_to_original
+from ..backbone.flow import flow_matching_loss, zero_context
+from ..backbone.wan import build_dit, dit_state_dict, load_dit, save_dit, save_vae, vae_encode
 from ..config import BundleConfig
 from ..errors import CheckpointError, IMAnimError
-from .common import PooledClipStage, copy_weights, load_init, weighted_heatmap_mse, write_manifest
+from ..io.atomic import copy_file, save_safetensors
+from ..models.bundle import IMAnimationBundle, build_part, save_bundle
+from ..models.injector import attach_to
+from ..models.released import read_safetensors_header
+from ..models.tokenizer import preprocess_frames
 from .data import CLIP_FPS, frame_heatmaps, make_source
+from .inputs import copy_weights, export_file, load_init, write_manifest
+from .losses import weighted_heatmap_mse
+from .stage import PooledClipStage
 from .stage2 import encoder_parameters, identity_latent, load_frozen_vae
 
 LORA_TARGETS = r".*blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
@@ -51,8 +61,6 @@ class VideoModule(nn.Module):
         self.text_len, self.aux_weight, self.fg_weight = text_len, aux_weight, fg_weight
 
     def forward(self, batch):
-        from ..backbone.flow import flow_matching_loss, zero_context
-
         ref, x0 = batch["reference"], batch["latents"]
         grad = torch.is_grad_enabled()
         if "codes" in batch:  # frozen encoder: the codes came with the batch (Stage3.prepare)
@@ -78,9 +86,7 @@ class VideoModule(nn.Module):
 
 def _resolve_dit_file(cfg) -> str | None:
     if cfg.dit:
-        p = Path(cfg.dit)
-        if p.is_dir():
-            p = p / "export" / "dit.safetensors"
+        p = export_file(cfg.dit, "dit.safetensors")
         if not p.is_file():
             raise CheckpointError(f"--dit {cfg.dit!r} does not exist (expected a Wan DiT file, original layout)")
         return str(p)
@@ -117,8 +123,6 @@ def lora_layers(dit) -> dict:
 
 def merged_dit_state_dict(dit) -> dict:
     """The DiT's weights (diffusers layout, no injector) with any LoRA merged into the base weights."""
-    from ..backbone.wan import dit_state_dict
-
     sd = dit_state_dict(dit)
     layers = lora_layers(dit)
     if not layers:
@@ -137,8 +141,6 @@ def merged_dit_state_dict(dit) -> dict:
 
 def lora_comfy_state_dict(dit, alpha: float) -> dict:
     """LoRA weights in ComfyUI's key format: ``diffusion_model.<original module>.lora_A/lora_B.weight`` + alpha."""
-    from ..backbone.convert import dit_diffusers_to_original
-
     out = {}
     for name, layer in lora_layers(dit).items():
         orig = next(iter(dit_diffusers_to_original({f"{name}.weight": 0})))[: -len(".weight")]
@@ -148,15 +150,32 @@ def lora_comfy_state_dict(dit, alpha: float) -> dict:
     return out
 
 
+def finish_build(stage: PooledClipStage, module: nn.Module) -> nn.Module:
+    """The end of a stage-3-recipe ``build``: the frozen VAE (``stage.vae``, ``stage.vae_path``), then (unless dry)
+    the module on the device and the stage-3 clip source (``stage.source``)."""
+    cfg = stage.cfg
+    stage.vae, stage.vae_path = load_frozen_vae(cfg, stage.device, stage.dry)
+    if not stage.dry:
+        module.to(stage.device)
+        stage.source = make_source(cfg, 3, cfg.num_frames, fps=CLIP_FPS)
+    return module
+
+
+def dit_groups(module: nn.Module, mode: str) -> list:
+    """Parameter groups of the injector and of the DiT's trained weights (without the injector's)."""
+    injector_ids = {id(p) for p in module.injector.parameters()}
+    dit_params = [p for p in module.dit.parameters() if p.requires_grad and id(p) not in injector_ids]
+    groups = [{"name": "injector", "params": list(module.injector.parameters()), "lr_scale": 1.0}]
+    if dit_params:
+        groups.append({"name": f"dit ({mode})", "params": dit_params, "lr_scale": 1.0})
+    return groups
+
+
 class Stage3(PooledClipStage):
     name = "stage3"
     find_unused_parameters = False
 
     def build(self) -> nn.Module:
-        from ..backbone.wan import build_dit, load_dit
-        from ..models.bundle import build_part
-        from ..models.injector import attach_to
-
         cfg = self.cfg
         mode = cfg.effective_dit_training
         init_cfg, init = load_init(cfg, self.dry)
@@ -170,9 +189,6 @@ class Stage3(PooledClipStage):
             dit = load_dit(self.dit_file)
         else:
             if self.dit_file:
-                from ..backbone.convert import dit_config_from_shapes
-                from ..models.released import read_safetensors_header
-
                 meta, tensors = read_safetensors_header(self.dit_file)
                 conf = json.loads(meta["config"]) if "config" in meta else dit_config_from_shapes(
                     {k: v[1] for k, v in tensors.items()})
@@ -235,20 +251,12 @@ class Stage3(PooledClipStage):
                              encoder_trains=self.encoder_scale > 0, retargeter_trains=self.retargeter_scale > 0,
                              text_len=cfg.text_len, aux_weight=AUX_HEATMAP_SCALE * cfg.heatmap_weight,
                              fg_weight=cfg.heatmap_fg_weight)
-        self.vae, self.vae_path = load_frozen_vae(cfg, self.device, self.dry)
         self.grid = (cfg.height // 16, cfg.width // 16)
-        if not self.dry:
-            module.to(self.device)
-            self.source = make_source(cfg, 3, cfg.num_frames, fps=CLIP_FPS)
-        return module
+        return finish_build(self, module)
 
     def param_groups(self) -> list:
         m = self.module
-        injector_ids = {id(p) for p in m.injector.parameters()}
-        dit_params = [p for p in m.dit.parameters() if p.requires_grad and id(p) not in injector_ids]
-        groups = [{"name": "injector", "params": list(m.injector.parameters()), "lr_scale": 1.0}]
-        if dit_params:
-            groups.append({"name": f"dit ({self.mode})", "params": dit_params, "lr_scale": 1.0})
+        groups = dit_groups(m, self.mode)
         if self.retargeter_scale > 0:
             groups.append({"name": "retargeter", "params": list(m.retargeter.parameters()),
                            "lr_scale": self.retargeter_scale})
@@ -270,8 +278,6 @@ class Stage3(PooledClipStage):
 
     # data: ``clip_inputs`` (CPU) and ``frozen_outputs`` (device) for ``PooledClipStage``'s sample pool
     def clip_inputs(self, b: dict) -> dict:
-        from ..models.tokenizer import preprocess_frames
-
         cfg = self.cfg
         frames = b["frames"]
         bsz, t, h, w, _ = frames.shape
@@ -288,8 +294,6 @@ class Stage3(PooledClipStage):
         return out
 
     def frozen_outputs(self, batch: dict) -> dict:
-        from ..backbone.wan import vae_encode
-
         out = {k: v for k, v in batch.items() if k in ("pixels", "heatmaps")}
         out["reference"] = identity_latent(self.vae, batch["identity"])
         video = batch["target"].permute(0, 4, 1, 2, 3) * 2.0 - 1.0  # [B,3,T,H,W]
@@ -302,9 +306,6 @@ class Stage3(PooledClipStage):
         return out
 
     def export(self, module, export_dir: Path) -> dict:
-        from ..backbone.wan import build_dit, save_dit, save_vae
-        from ..models.bundle import IMAnimationBundle, save_bundle
-
         export_dir = Path(export_dir)
         files = {}
         b = IMAnimationBundle(config=self.bundle_config, tokenizer=module.tokenizer,
@@ -315,8 +316,6 @@ class Stage3(PooledClipStage):
                                                 "dit_training": self.mode})
         dit = module.dit
         if self.mode == "lora":
-            from ..io.atomic import save_safetensors
-
             sd = merged_dit_state_dict(dit)
             with torch.device("meta"):
                 plain = build_dit(dict(dit.config))
@@ -332,8 +331,6 @@ class Stage3(PooledClipStage):
         if self.vae_path == "random":
             files["vae"] = save_vae(self.vae, vae_dst)
         elif Path(self.vae_path).resolve() != vae_dst.resolve():
-            from ..io.atomic import copy_file
-
             files["vae"] = copy_file(self.vae_path, vae_dst)
         else:
             files["vae"] = vae_dst

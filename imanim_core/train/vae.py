@@ -35,10 +35,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..backbone.latents import LATENTS_MEAN, latent_stats
+from ..backbone.wan import build_vae, load_vae, save_vae
 from ..errors import CheckpointError, IMAnimError
-from .common import Stage, mix_seed, write_manifest
 from .data import CLIP_FPS, collate, make_source
-
+from .inputs import export_file, write_manifest
+from .seeding import mix_seed
+from .stage import Stage
 
 INIT_LOGVAR = -6.0
 # tiny video VAE: target std of the normalised latent. Its decoder soft-clamps raw latents at about +-3 and
@@ -82,8 +85,6 @@ class VAEModule(nn.Module):
         return l1, rec_loss, psnr
 
     def forward(self, batch):
-        from ..backbone.latents import latent_stats
-
         x = batch["video"]
         mean, std = latent_stats(5, x.device, torch.float32)
         if getattr(self.vae, "is_tiny_video_vae", False):
@@ -114,21 +115,15 @@ class VAEStage(Stage):
     name = "vae"
 
     def build(self) -> nn.Module:
-        from ..backbone.wan import build_vae, load_vae
-
         cfg = self.cfg
         if cfg.init:
-            p = Path(cfg.init)
-            if p.is_dir():
-                p = p / "export" / "vae.safetensors"
+            p = export_file(cfg.init, "vae.safetensors")
             if not p.is_file():
                 raise CheckpointError(f"--init {cfg.init!r}: expected a VAE file or a `train vae` run directory")
             vae = build_vae(cfg.vae_preset) if self.dry else load_vae(p)
         else:
             vae = build_vae(cfg.vae_preset)
             if getattr(vae, "is_tiny_video_vae", False):
-                from ..backbone.latents import LATENTS_MEAN
-
                 vae.init_for_training(LATENTS_MEAN)
             else:
                 start_sharp(vae)
@@ -179,8 +174,6 @@ class VAEStage(Stage):
         return out
 
     def export(self, module, export_dir: Path) -> dict:
-        from ..backbone.wan import save_vae
-
         path = save_vae(module.vae, Path(export_dir) / "vae.safetensors")
         man = write_manifest(export_dir, {"stage": "vae", "step": self.step, "vae": str(Path(path).resolve())})
         return {"vae": path, "manifest": man}
