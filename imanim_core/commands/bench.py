@@ -1,4 +1,7 @@
-"""`python -m imanim_core bench encoder [--frames N] [--json]` — speed of the motion encoder on this machine.
+"""`python -m imanim_core bench encoder|retargeter|real-size [--json]` — speed on this machine.
+
+``retargeter``, ``train-cost`` and ``real-size`` are described in :mod:`imanim_core.commands.bench_real` (the retargeter at 81
+frames of 480x832 next to a Wan 2.1 1.3B DiT step; stage-3 training with real-size random weights). ``encoder``:
 
 For the 'large' (released, ~303M parameters) and 'tiny' encoders in fp32 and bf16 (random weights): frames/s
 after a warm-up batch, the achieved FLOP/s (FLOPs of one frame counted analytically: patch conv + attention +
@@ -14,7 +17,10 @@ import time
 
 
 def add_arguments(parser):
-    parser.add_argument("what", choices=["encoder"], help="what to measure")
+    parser.add_argument("what", choices=["encoder", "retargeter", "train-cost", "real-size"],
+                        help="encoder: motion encoder speed; retargeter: its FLOPs and time vs a Wan 1.3B DiT step at "
+                             "81x480x832; train-cost: FLOPs and GPU-hours of the real preset's stages; real-size: train stage3 --preset real (adapter, lora) with real-size "
+                             "random weights")
     parser.add_argument("--frames", type=int, default=4,
                         help="timed frames per configuration for 'large' (tiny: 16x as many, at least 32; default 4)")
     parser.add_argument("--presets", default="large,tiny", help="comma-separated tokenizer presets (default both)")
@@ -22,6 +28,9 @@ def add_arguments(parser):
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    from .bench_real import add_arguments as add_real_arguments
+
+    add_real_arguments(parser)
 
 
 _DT = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -99,6 +108,11 @@ def run(args) -> int:
 
     from ..errors import InputError
 
+    if args.what != "encoder":
+        from . import bench_real
+
+        return {"retargeter": bench_real.run_retargeter, "train-cost": bench_real.run_train_cost,
+                "real-size": bench_real.run_real_size}[args.what](args)
     if args.frames < 1:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
     if args.threads is not None:
