@@ -15,7 +15,7 @@ import sys
 COMMANDS = {
     "inspect": ("imanim_core.commands.inspect_cmd", "say what a weights file is"),
     "encode-motion": ("imanim_core.commands.encode_motion", "encode a driving video into motion tokens"),
-    "bench": ("imanim_core.commands.bench", "measure speed (bench encoder)"),
+    "bench": ("imanim_core.commands.bench", "measure speed (bench encoder|retargeter|train-cost|real-size)"),
     "train": ("imanim_core.train.cli", "train stage1|stage2|stage3|vae"),
     "baseline": ("imanim_core.commands.baseline", "train|install the explicit skeleton baseline"),
     "demo": ("imanim_core.commands.demo", "animate a puppet with the embedded model"),
