@@ -1,6 +1,7 @@
 """Screenshots of the shipped workflows in the real ComfyUI page (headless Chromium): one per template in docs/
 (``docs/workflow_<name>.png``, the README shows the tiny demo's) and the template browser's thumbnail next to each
-workflow (``workflows/<name>.jpg``). A documentation tool, not part of the pack; refresh after changing a workflow:
+workflow (``workflows/<name>.jpg``); the tiny demo is shot after a run (previews and status texts filled). A
+documentation tool, not part of the pack; refresh after changing a workflow:
 
     .venv/bin/python docs/screenshot.py            (every workflow in workflows/)
     .venv/bin/python docs/screenshot.py NAME ...   (only these, e.g. tiny_puppet_demo)
@@ -29,6 +30,21 @@ import browser  # noqa: E402  (the tests' page driver)
 import harness  # noqa: E402  (the tests' ComfyUI locator)
 
 THUMB = 512  # px, square (the template browser crops its cards to squares)
+RUN = ("tiny_puppet_demo",)  # shot after a Run-button run: its previews and status texts are filled
+
+
+def run_and_wait(page, url: str, timeout: float = 170) -> None:
+    """Press Run and wait for the prompt to finish (the server's /history), then for the previews to show."""
+    before = set(json.loads(urllib.request.urlopen(url + "/history", timeout=10).read()))
+    page.get_by_role("button", name="Run", exact=True).first.click()
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        hist = json.loads(urllib.request.urlopen(url + "/history", timeout=10).read())
+        if any(k not in before and v.get("status", {}).get("completed") for k, v in hist.items()):
+            page.wait_for_timeout(3000)  # the videos load and start
+            return
+        time.sleep(1)
+    raise SystemExit(f"the run did not finish in {timeout} s")
 
 
 def main(argv=None) -> int:
@@ -70,6 +86,8 @@ def main(argv=None) -> int:
                 browser.load_template(page, name, len(nodes))
                 browser.close_dialogs(page)
                 page.wait_for_timeout(1000)
+                if name in RUN:
+                    run_and_wait(page, url)
                 shot = REPO / "docs" / f"workflow_{name}.png"
                 page.screenshot(path=str(shot))  # the saved view of the workflow, as it opens
                 page.focus("#graph-canvas")

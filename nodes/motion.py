@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -68,6 +69,9 @@ class IMAnimationEncodeMotion(io.ComfyNode):
                 MotionTokens.Output(display_name="motion_tokens", tooltip="indices [T,32], codes [T,32,12], config."),
                 io.Image.Output(display_name="heatmap_preview",
                                 tooltip="Decoded pose heatmaps over the encoder's (square) view of each frame."),
+                io.String.Output(display_name="status",
+                                 tooltip="What the node did (frames, token shape, seconds); wire it to Preview as "
+                                         "Text to read it on the canvas."),
             ],
         )
 
@@ -81,6 +85,7 @@ class IMAnimationEncodeMotion(io.ComfyNode):
                              f"or the released motion encoder")
         frames = check_image(driving, "driving")
         t = frames.shape[0]
+        t0 = time.perf_counter()
         _, update = progress(t)
 
         def should_stop():
@@ -93,8 +98,9 @@ class IMAnimationEncodeMotion(io.ComfyNode):
         motion = check_motion_tokens({"indices": idx, "codes": codes, "config": tok.cfg, "fps": None})
         motion["source"] = models.name
         preview, msg = motion_preview(models, frames, motion["codes"], int(batch_size))
-        text = f"{t} frames -> motion tokens {tuple(idx.shape)}" + (f"\n{msg}" if msg else "")
-        return io.NodeOutput(motion, preview, ui=ui.PreviewText(text))
+        text = (f"{t} frames -> motion tokens {tuple(idx.shape)} ({models.name}), "
+                f"{time.perf_counter() - t0:.1f} s" + (f"\n{msg}" if msg else ""))
+        return io.NodeOutput(motion, preview, text, ui=ui.PreviewText(text))
 
 
 class IMAnimationSaveMotionTokens(io.ComfyNode):

@@ -1,6 +1,8 @@
 """Retarget to Identity."""
 from __future__ import annotations
 
+import time
+
 import torch
 
 from comfy_api.latest import io, ui
@@ -9,7 +11,10 @@ from imanim_core.checks import check_finite
 from imanim_core.errors import InputError
 from imanim_core.pipeline import FIT_MODES  # the standalone pipeline's identity fitting modes
 
-from .common import CATEGORY, GRID_PX, check_image, check_interrupt, check_wan_vae, overlay, progress, target_size
+from imanim_core.windows import padded_frame_count
+
+from .common import (CATEGORY, GRID_PX, check_image, check_interrupt, check_wan_vae, overlay, progress,
+                     target_size, taehv_parallel_decode)
 from .types import IMAnimationModels, MotionTokens, Retargeted, RetargetedMotion
 
 
@@ -73,6 +78,9 @@ class IMAnimationRetarget(io.ComfyNode):
                                                 "the IM-Animation Sampler."),
                 io.Image.Output(display_name="pose_preview",
                                 tooltip="Retargeted pose heatmaps over the identity, one image per frame."),
+                io.String.Output(display_name="status",
+                                 tooltip="What the node did (frames, size, latent and motion grids, seconds); wire "
+                                         "it to Preview as Text to read it on the canvas."),
             ],
         )
 
@@ -95,6 +103,8 @@ class IMAnimationRetarget(io.ComfyNode):
 
         codes = motion_tokens["codes"]
         t = int(codes.shape[0])
+        t0 = time.perf_counter()
+        fast_vae = taehv_parallel_decode(vae, padded_frame_count(t), w, h)
         bar, _ = progress(t + 2)
         check_interrupt()
         raw = vae.encode(img).float().cpu()  # [1,16,1,h/8,w/8] raw Wan 2.1 latent
@@ -133,5 +143,6 @@ class IMAnimationRetarget(io.ComfyNode):
         out = Retargeted(tokens=tokens, identity_latent=raw, frame_count=t, width=w, height=h,
                          injector=bundle.injector, models_name=models.name, fps=motion_tokens.get("fps"))
         text = (f"{t} frames retargeted to a {w}x{h} identity (latent {raw.shape[-1]}x{raw.shape[-2]}, motion grid "
-                f"{tokens.shape[3]}x{tokens.shape[2]}){note}")
-        return io.NodeOutput(out, preview, ui=ui.PreviewText(text))
+                f"{tokens.shape[3]}x{tokens.shape[2]}), {time.perf_counter() - t0:.1f} s"
+                + ("; the tiny VAE decodes all frames at once" if fast_vae else "") + note)
+        return io.NodeOutput(out, preview, text, ui=ui.PreviewText(text))

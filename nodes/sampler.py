@@ -14,6 +14,7 @@ the form 4n+1 has its motion padded (last frame repeated) to the next 4n+1; ``fr
 from __future__ import annotations
 
 import copy
+import time
 
 import torch
 
@@ -198,6 +199,9 @@ class IMAnimationSampler(io.ComfyNode):
                                                                 "same Wan VAE."),
                 io.Int.Output(display_name="frame_count",
                               tooltip="Frames of the driving video: use as ImageFromBatch length after VAE Decode."),
+                io.String.Output(display_name="status",
+                                 tooltip="What the sampler did (frames, padding, latent frames, windows, steps, "
+                                         "seconds); wire it to Preview as Text to read it on the canvas."),
             ],
         )
 
@@ -226,6 +230,7 @@ class IMAnimationSampler(io.ComfyNode):
         start = comfy.sample.fix_empty_latent_channels(m, start)
         noise = comfy.sample.prepare_noise(start, seed)
         callback = latent_preview.prepare_callback(m, steps)
+        t0 = time.perf_counter()
         try:
             samples = comfy.sample.sample(m, noise, steps, cfg, sampler_name, scheduler, positive, negative, start,
                                           denoise=denoise, callback=callback,
@@ -238,5 +243,6 @@ class IMAnimationSampler(io.ComfyNode):
                      hint="The Wan MODEL produced them: check its weights, a LoRA, or its dtype (fp16 overflow?)")
         wins = info["windows"]
         text = (f"{info['frames']} frames (motion padded to {info['padded_frames']}), {info['latent_frames']} latent "
-                f"frames, {len(wins)} window(s): " + ", ".join(f"[{x.start},{x.end})" for x in wins))
-        return io.NodeOutput({"samples": samples}, info["frames"], ui=ui.PreviewText(text))
+                f"frames, {len(wins)} window(s): " + ", ".join(f"[{x.start},{x.end})" for x in wins)
+                + f"; {steps} steps in {time.perf_counter() - t0:.1f} s")
+        return io.NodeOutput({"samples": samples}, info["frames"], text, ui=ui.PreviewText(text))

@@ -151,6 +151,13 @@ def stitched_video(first_id: int, parts: list, fps: tuple, x: int, y: int, prefi
     return nodes
 
 
+def status_nodes(first_id: int, sources: list, x: int, y: int) -> list:
+    """Stock *Preview as Text* (PreviewAny) nodes showing the pack's info/status STRING outputs on the canvas.
+    sources: (title, (node id, output slot))."""
+    return [{"id": first_id + k, "type": "PreviewAny", "pos": [x, y + 190 * k], "size": [360, 150], "title": title,
+             "links": {"source": src}} for k, (title, src) in enumerate(sources)]
+
+
 def tiny_graph(frames: int, window: int, overlap: int, steps: int, prefix: str, note: str) -> tuple:
     nodes = [
         {"id": 1, "type": "IMAnimationPuppetExample", "pos": [0, 0], "size": [320, 290],
@@ -186,10 +193,14 @@ def tiny_graph(frames: int, window: int, overlap: int, steps: int, prefix: str, 
     # driving pose | retargeted pose, one animation (ids 20-22)
     nodes += stitched_video(20, [(5, 1), (6, 1)], (1, 3), 420, 560, f"{prefix}_poses",
                             "driving pose | retargeted pose", [420, 880], [300, 260])
+    # what each step did (ids 23-26)
+    nodes += status_nodes(23, [("Loaded models", (2, 1)), ("Encode status", (5, 2)), ("Retarget status", (6, 2)),
+                               ("Sampler status", (7, 2))], 1860, 0)
     groups = [("Inputs and models", [1, 2, 3, 4], "#3f789e"),
               ("IM-Animation", [5, 6, 7], "#8A8"),
               ("Decode and save", [8, 9, 10, 11], "#b58b2a"),
-              ("Previews", [15, 16, 17, 18, 19, 20, 21, 22], "#a1309b")]
+              ("Previews", [15, 16, 17, 18, 19, 20, 21, 22], "#a1309b"),
+              ("Status", [23, 24, 25, 26], "#444")]
     return nodes, groups
 
 
@@ -201,7 +212,8 @@ def tiny_note(title: str, extra: str) -> str:
             f"The *Puppet Example* gives a character and a driving video of a different body; its `ground_truth` "
             f"output is the exact target. **Previews**: *identity | driving | ground truth | result* and *driving "
             f"pose | retargeted pose* (the poses the tokens decode to, before and after retargeting), as "
-            f"animations. The tiny model works at 128x128, 16 fps (as trained); the same settings in "
+            f"animations. **Status** (right): what each node loaded and did (frames, padding, windows, "
+            f"seconds). The tiny model works at 128x128, 16 fps (as trained); the same settings in "
             f"`python -m imanim_core animate` give the same video.\n\n{FRAME_NOTE}")
 
 
@@ -274,11 +286,14 @@ def wan_graph() -> tuple:
                             "identity | driving | result", [1600, 560], [700, 300])
     nodes += stitched_video(24, [(10, 1), (11, 1)], (3, 2), 840, 560, "im_animation/wan21_1.3b_poses",
                             "driving pose | retargeted pose", [840, 880], [300, 260])
+    nodes += status_nodes(27, [("Loaded models", (4, 1)), ("Encode status", (10, 2)), ("Retarget status", (11, 2)),
+                               ("Sampler status", (12, 2))], 2380, 0)
     groups = [("Inputs", [1, 2, 3], "#3f789e"),
               ("Models and prompts", [4, 5, 6, 7, 8, 9], "#3f789e"),
               ("IM-Animation", [10, 11, 12], "#8A8"),
               ("Decode and save", [13, 14, 15, 16], "#b58b2a"),
-              ("Previews", [20, 21, 22, 23, 24, 25, 26], "#a1309b")]
+              ("Previews", [20, 21, 22, 23, 24, 25, 26], "#a1309b"),
+              ("Status", [27, 28, 29, 30], "#444")]
     return nodes, groups
 
 

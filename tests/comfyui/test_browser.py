@@ -87,4 +87,8 @@ def test_tiny_puppet_demo_runs_from_the_run_button(server, page):
     page.wait_for_timeout(1500)
     shown = page.evaluate("() => Array.from(document.querySelectorAll('video')).map(v => v.src)")
     assert len([s for s in shown if s]) >= 3, f"the page shows {len(shown)} videos: {shown}"
+    # the status STRINGs reach the stock Preview as Text nodes on the canvas
+    texts = page.evaluate("() => Array.from(document.querySelectorAll('textarea')).map(t => t.value)")
+    assert any("motion padded to" in t and "steps in" in t for t in texts), texts
+    assert any("motion tokens" in t for t in texts), texts
     assert not page.errors, page.errors

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -271,6 +272,32 @@ def test_tiny_puppet_demo_previews(server, demo_run):
     poses = ends[(node_of(p, "IMAnimationRetarget"), 1)]
     pv = saved_video_frames(server, h, p, save_video_of(p, poses))
     assert pv.shape[0] == t and pv.std() > 2, (pv.shape, pv.std())
+
+
+def test_status_reaches_stock_previews(server, demo_run):
+    """What the nodes know is on the canvas without custom JavaScript: every shipped workflow wires the loader's info
+    and the Encode / Retarget / Sampler status STRINGs to stock Preview as Text nodes; in the demo run they say
+    what happened, seconds included."""
+    for path in sorted((REPO / "workflows").glob("*.json")):
+        name, wf = path.name, json.loads(path.read_text())
+        ids = {n["id"]: n["type"] for n in wf["nodes"]}
+        wired = {(ids[link[1]], link[2]) for link in wf["links"] if ids.get(link[3]) == "PreviewAny"}
+        assert wired >= {("IMAnimationLoadModels", 1), ("IMAnimationEncodeMotion", 2), ("IMAnimationRetarget", 2),
+                         ("IMAnimationSampler", 2)}, (name, wired)
+    p, h, _ = demo_run
+    assert_success(h)
+    shown = {}
+    for k, v in p.items():
+        if v["class_type"] == "PreviewAny":
+            shown[p[v["inputs"]["source"][0]]["class_type"]] = h["outputs"][k]["text"][0]
+    t = int(p[node_of(p, "IMAnimationPuppetExample")]["inputs"]["frames"])
+    size = p[node_of(p, "IMAnimationRetarget")]["inputs"]["width"]
+    steps = p[node_of(p, "IMAnimationSampler")]["inputs"]["steps"]
+    assert re.search(rf"^{t} frames -> motion tokens \({t}, 32\).* s$", shown["IMAnimationEncodeMotion"]), shown
+    assert re.search(rf"^{t} frames retargeted to a {size}x{size} identity.*\d s", shown["IMAnimationRetarget"]), shown
+    assert re.search(rf"^{t} frames \(motion padded to {t}\), 5 latent frames, 1 window\(s\): \[0,5\); "
+                     rf"{steps} steps in [\d.]+ s$", shown["IMAnimationSampler"]), shown
+    assert "imanim_tiny.safetensors" in shown["IMAnimationLoadModels"], shown
 
 
 def test_long_video_windows_workflow(server, model_files):
