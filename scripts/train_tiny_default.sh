@@ -16,10 +16,10 @@ cd "$(dirname "$0")/.."
 RUN=${1:-runs/tiny}
 SCALE=${STEPS_SCALE:-1}
 steps() { python3 -c "import sys; print(max(2, int(round($1 * $SCALE))))"; }
-VAE_STEPS=$(steps ${VAE_STEPS:-3200})
+VAE_STEPS=$(steps ${VAE_STEPS:-1850})
 S1_STEPS=$(steps ${S1_STEPS:-1200})
-S2_STEPS=$(steps ${S2_STEPS:-400})
-S3_STEPS=$(steps ${S3_STEPS:-3000})
+S2_STEPS=$(steps ${S2_STEPS:-342})
+S3_STEPS=$(steps ${S3_STEPS:-1500})
 SEED=${SEED:-0}
 PY=${PY:-.venv/bin/python}
 COMMON=(--preset tiny-puppet --seed "$SEED" --threads 1 --log-every 25)

@@ -389,14 +389,15 @@ def test_vae_stage_init_and_weights_the_character(tmp_path):
     batch = stage.load_batch(torch.Generator(), 0)
     assert batch["video"].shape[:3] == (1, 3, 5) and batch["masks"].shape == (1, 5, 32, 32)
     assert batch["masks"].any() and not batch["masks"].all()
+    assert cfg.vae_loss == "l1"  # the tiny preset (the shipped v2 recipe)
+    module.loss = "mse"  # --vae-loss mse
     module.fg_weight = 0.0
     torch.manual_seed(0)
     plain, terms = module(batch)
     module.fg_weight = 4.0
     torch.manual_seed(0)
     weighted, _ = module(batch)
-    # tiny preset: unweighted, the reconstruction term is the plain MSE (and "l1" is logged beside it)
-    assert cfg.vae_loss == "mse"
+    # --vae-loss mse: unweighted, the reconstruction term is the plain MSE (and "l1" is logged beside it)
     rec = module.vae.decode_raw(module.vae.encode_raw(batch["video"]))
     mse = float((rec.float() - batch["video"]).pow(2).mean())
     assert float(plain - cfg.latent_reg_weight * terms["latent_reg"]) == pytest.approx(mse, rel=1e-4)

@@ -80,7 +80,7 @@ class TrainConfig(_Base):
     code_restart_every: int = 50  # stage 1: re-seed codes unused for this many steps from encoder outputs (0 = off)
     kl_weight: float = 1e-5  # vae: KL of the *normalised* posterior to N(0, 1) (too strong collapses it)
     vae_fg_weight: float = 4.0  # vae: extra loss weight on character pixels where the data give masks
-    vae_loss: str = "l1"  # vae: per-pixel reconstruction loss, "l1" or "mse" (tiny: mse, see train/vae.py)
+    vae_loss: str = "l1"  # vae: per-pixel reconstruction loss, "l1" or "mse" (see train/vae.py)
     vae_crop: int = 0  # vae: train on random square crops of this many pixels (0 = whole frames)
     latent_reg_weight: float = 0.01  # vae (tiny video VAE): pull of the normalised latent stats to mean 0 / std 1
     # what trains (stages 2, 3)
@@ -213,16 +213,17 @@ class TrainConfig(_Base):
 _TINY = {
     # the TAEHV-layout tiny VAE (backbone/taehv.py): bf16 autocast (oneDNN; ~3x fp32 on CPU), 64-px crops
     "vae": dict(batch_size=4, num_frames=9, lr=1e-3, warmup_steps=50, max_steps=3000, ckpt_every=250,
-                vae_fg_weight=4.0, vae_crop=64, mixed_precision="bf16", latent_reg_weight=0.01, vae_loss="mse"),
+                vae_fg_weight=4.0, vae_crop=64, mixed_precision="bf16", latent_reg_weight=0.01),
     "stage1": dict(batch_size=16, lr=5e-4, warmup_steps=100, max_steps=6000, ckpt_every=500),
     # a width-128 retargeter (4x cheaper than the RetargeterConfig default; stage 3 takes it from --init)
-    # driver_layers: the retargeter starts from the stage-1 decoder's reading of the driver (models/retargeter.py)
+    # (the shipped v2 recipe; the v3 candidates --vae-loss mse and retargeter {driver_layers: 4} are opt-in until a
+    # run shows they pass more gates, see imanim_core/weights/TRAINING.md)
     "stage2": dict(batch_size=4, num_frames=9, lr=3e-4, warmup_steps=100, max_steps=3000, ckpt_every=500,
-                   retargeter={"width": 128, "driver_layers": 4}),
+                   retargeter={"width": 128}),
     # a pool of 1024 clips whose VAE latents are cached (the VAE is ~3/4 of an uncached step on a CPU)
     "stage3": dict(batch_size=2, num_frames=9, lr=3e-4, warmup_steps=100, max_steps=4000, ckpt_every=500,
                    sample_pool=1024, dit_training="full", retargeter_lr_scale=0.1,
-                   retargeter={"width": 128, "driver_layers": 4},
+                   retargeter={"width": 128},
                    mixed_precision="bf16"),  # bf16 autocast: 1.7x faster steps on this CPU (measured, same loss)
 }
 _REAL = {
