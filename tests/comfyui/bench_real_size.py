@@ -1,7 +1,7 @@
 """Real-size smoke (a benchmark that prints numbers; opt-in, not in the default suite): Wan 2.1 T2V 1.3B-shaped
 random weights through the shipped ``wan21_1.3b`` workflow in a real headless ComfyUI, then stage-3 training.
 
-Usage (ComfyUI's Python, as the tests run it; ~10 GB of RAM, ~4 GB of disk in a temp folder):
+Usage (ComfyUI's Python, as the tests run it; ~11 GB of RAM, ~10 GB of disk in a temp folder: weights 3.7 GB, each training run exports a 2.6 GB DiT):
 
     .venv-comfyui/bin/python tests/comfyui/bench_real_size.py [--weights DIR] [--keep] [--skip-train] [--json FILE]
 
