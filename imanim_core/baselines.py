@@ -43,6 +43,7 @@ from .config import InjectorConfig, _Base
 from .data.skeleton import draw_skeleton
 from .errors import CheckpointError, IMAnimError, InputError
 from .io.atomic import copy_file, save_safetensors
+from .io.video import to_float
 from .models.injector import MotionInjector
 from .weights import SKELETON_BASELINE_DIR, VAE_FILE
 
@@ -104,7 +105,7 @@ def skeleton_frames(keypoints, size: Sequence[int], source_hw: Optional[Sequence
     img = draw_skeleton(kp, visibility, size=(h, w))
     if img.ndim == 3:
         img = img[None]
-    return torch.from_numpy(np.ascontiguousarray(img)).float() / 255.0
+    return to_float(img, "skeleton")
 
 
 # ============================================================================================== files

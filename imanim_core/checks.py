@@ -82,7 +82,7 @@ def image_batch(image, where: str, min_side: int = MIN_IMAGE_SIDE):
     smaller than ``min_side`` px a side are refused with the same messages as the CLI."""
     import torch
 
-    from .io.video import to_rgb
+    from .io.video import to_float, to_rgb
 
     if not torch.is_tensor(image) or image.ndim != 4:
         shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
@@ -93,7 +93,7 @@ def image_batch(image, where: str, min_side: int = MIN_IMAGE_SIDE):
     if c not in (3, 4):
         raise InputError(f"{where}: expected RGB images (3 channels) or RGBA (4), got {c} channels")
     check_min_side(h, w, where, min_side)
-    x = image.float() if image.is_floating_point() else image.float() / 255.0
+    x = to_float(image, where)
     check_finite(x, where, "pixel values")
     return to_rgb(x, where=where).clamp(0.0, 1.0)
 

@@ -51,7 +51,7 @@ import numpy as np
 
 from ..config import NUM_JOINTS
 from ..errors import DataError, IMAnimError, InputError
-from ..io.video import list_image_files, read_image, read_video, write_video
+from ..io.video import list_image_files, read_image, read_video, to_float, write_video
 from .puppet import FAMILIES, PuppetIdentity, PuppetMotion, render_clip
 from .skeleton import FLIP_PERMUTATION, keypoints_from_openpose, keypoints_to_openpose
 
@@ -456,7 +456,7 @@ class VideoFolderDataset(_torch_dataset_base()):
             kp[..., 0] = (kp[..., 0] + 0.5) * sx - 0.5 + px
             kp[..., 1] = (kp[..., 1] + 0.5) * sy - 0.5 + py
         h, w = raw.shape[1:3]
-        x = torch.from_numpy(np.ascontiguousarray(raw)).permute(0, 3, 1, 2).float().div_(255.0)
+        x = to_float(raw).permute(0, 3, 1, 2)
         kpt = torch.from_numpy(kp.astype(np.float32))
         vist = torch.from_numpy(vis)
         a = self.augment

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io.video import to_float
 
 PSNR_CAP = 100.0
 FG_THRESHOLD = 0.15
@@ -27,15 +28,8 @@ POOLED = ("leak_bones", "leak_height", "leak_area")
 
 
 def _as_float(frames) -> torch.Tensor:
-    """uint8/float numpy or torch [T,H,W,3] -> float32 torch [T,H,W,3] in [0, 1]."""
-    if isinstance(frames, np.ndarray):
-        a = np.ascontiguousarray(frames)
-        t = torch.from_numpy(a if a.flags.writeable else a.copy())
-    else:
-        t = frames.detach().cpu()
-    if t.dtype == torch.uint8:
-        return t.float() / 255.0
-    return t.float().clamp(0, 1)
+    """uint8/float numpy or torch [T,H,W,3] -> float32 torch [T,H,W,3] in [0, 1] (``io.video.to_float``)."""
+    return to_float(frames if isinstance(frames, np.ndarray) else frames.detach().cpu(), "frames").clamp(0, 1)
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, what: str):

@@ -14,6 +14,9 @@ Rules (docs/BAD_INPUTS.md lists what the tests hold them to):
   are removed again (:func:`new_dirs` / :func:`remove_empty`, called by ``cli.main``).
 
 Everything raises :class:`~imanim_core.errors.InputError` (exit code 2). No torch import.
+
+:func:`run_file` is the one resolver of a training run's folder to the file it exported (``--init``, ``--vae``,
+``--dit`` given as a run folder), used here and by ``train``.
 """
 from __future__ import annotations
 
@@ -42,6 +45,19 @@ SPECS = {
                  files=("metrics.json", "metrics.md", "gates.md", "metrics.png", "leakage.png", "examples.png")),
     "make-puppet-data": dict(kind="dir", inputs=(), files=(), label="OUT"),
 }
+
+
+def run_file(path, name: str) -> Path:
+    """The file ``name`` a path stands for: ``path`` itself when it is not a folder; in a folder (a training run's
+    or its export folder) ``path/export/<name>``, else ``path/<name>``, the first that exists
+    (``path/export/<name>`` when neither does, for the caller's message)."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    for cand in (p / "export" / name, p / name):
+        if cand.is_file():
+            return cand
+    return p / "export" / name
 
 
 def _abs(p) -> str:
@@ -183,10 +199,9 @@ def _train_plan(args) -> tuple:
     for flag in ("--init", "--vae"):
         d = inputs.get(flag)
         if d and Path(d).is_dir():
-            name = "bundle.safetensors" if flag == "--init" else "vae.safetensors"
-            for cand in (Path(d) / "export" / name, Path(d) / name):
-                if cand.is_file():
-                    inputs[f"{flag} file"] = str(cand)
+            f = run_file(d, "bundle.safetensors" if flag == "--init" else "vae.safetensors")
+            if f.is_file():
+                inputs[f"{flag} file"] = str(f)
     return cfg.out, inputs
 
 
@@ -238,5 +253,5 @@ def remove_empty(dirs: Iterable) -> None:
             pass
 
 
-__all__ = ["SPECS", "resolved", "same_file", "input_conflict", "refuse_inputs", "check_writable_folder",
+__all__ = ["SPECS", "run_file", "resolved", "same_file", "input_conflict", "refuse_inputs", "check_writable_folder",
            "check_output_file", "check_output_dir", "preflight", "new_dirs", "remove_empty"]

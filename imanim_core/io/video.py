@@ -8,7 +8,8 @@
   composited **over black** (the tokenizer pads with black too, so a cut-out character stays on the same
   background; the nodes do the same with an RGBA IMAGE, ``checks.image_batch``); 16-bit images are scaled to 8
   bits; a float image (TIFF/EXR) with NaN or infinite values is refused.
-- :func:`to_rgb` — the same channel conversion for arrays/tensors already in memory.
+- :func:`to_rgb` — the same channel conversion for arrays/tensors already in memory; :func:`to_float` — the one
+  pixel-type conversion (uint8 / uint16 / float, numpy or torch -> float32 torch in [0, 1]) every module uses.
 - :func:`write_video` — H.264 (yuv420p) via imageio-ffmpeg's bundled ffmpeg; odd sizes are padded by one
   edge-replicated row/column; written to a temporary file in the same folder and renamed into place, so the target
   is never half-written.
@@ -31,6 +32,34 @@ from ..errors import InputError
 VIDEO_EXTS = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv", ".m4v")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_FPS = 25.0  # for image folders, single images and videos that do not state a frame rate
+
+
+def to_float(pixels, where: str = "frames"):
+    """Pixels (numpy or torch, any shape) -> float32 torch tensor on the same device (CPU for numpy): uint8 / 255,
+    uint16 / 65535, bool 0/1, floats as they are (assumed in [0, 1]; not clamped). The one uint8/float converter
+    of the project (identity images, driving frames, the tokenizer, the metrics, the data sets)."""
+    import torch
+
+    if isinstance(pixels, np.ndarray):
+        a = pixels
+        if a.dtype == np.uint8 or a.dtype == np.bool_:
+            t = torch.from_numpy(np.ascontiguousarray(a) if a.flags.writeable else a.copy())
+        elif a.dtype == np.uint16:
+            return torch.from_numpy(a.astype(np.float32) / 65535.0)
+        elif np.issubdtype(a.dtype, np.floating):
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            return torch.from_numpy(a if a.flags.writeable else a.copy())
+        else:
+            raise InputError(f"{where}: unsupported pixel type {a.dtype}; expected uint8 or float in [0, 1]")
+    elif isinstance(pixels, torch.Tensor):
+        t = pixels
+    else:
+        raise InputError(f"{where}: expected a numpy array or a torch tensor, got {type(pixels).__name__}")
+    if t.dtype == torch.uint8:
+        return t.float().div_(255.0)
+    if t.dtype == torch.bool or t.is_floating_point():
+        return t.float()
+    raise InputError(f"{where}: unsupported pixel type {t.dtype}; expected uint8 or float in [0, 1]")
 
 
 def _natural_key(name: str):
@@ -324,5 +353,5 @@ def write_video(path, frames, fps: float, crf: int = 18) -> Path:
     return p
 
 
-__all__ = ["read_video", "iter_video", "video_info", "read_image", "to_rgb", "write_video", "list_image_files",
-           "VIDEO_EXTS", "IMAGE_EXTS", "DEFAULT_FPS"]
+__all__ = ["read_video", "iter_video", "video_info", "read_image", "to_rgb", "to_float", "write_video",
+           "list_image_files", "VIDEO_EXTS", "IMAGE_EXTS", "DEFAULT_FPS"]

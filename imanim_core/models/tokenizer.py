@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..config import TokenizerConfig
 from ..errors import InputError
+from ..io.video import to_float
 from .layers import ResidualAttentionBlock, trunc_normal_
 
 ProgressFn = Callable[[int, int], None]
@@ -51,23 +52,11 @@ def _pair(v) -> tuple:
 
 # ---------------------------------------------------------------------------------------------- preprocessing
 def _to_float_frames(frames, where: str) -> torch.Tensor:
-    """[T,H,W,C] (or one [H,W,C] image) numpy/torch -> float32 torch tensor in [0,1], shape checked."""
-    if isinstance(frames, np.ndarray):
-        arr = frames
-        if arr.dtype == np.uint8:
-            t = torch.from_numpy(np.ascontiguousarray(arr))
-        elif arr.dtype == np.uint16:
-            t = torch.from_numpy(arr.astype(np.float32) / 65535.0)
-        elif np.issubdtype(arr.dtype, np.floating):
-            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        else:
-            raise InputError(f"{where}: unsupported numpy dtype {arr.dtype}; expected uint8 or float in [0, 1]")
-    elif isinstance(frames, torch.Tensor):
-        t = frames
-    else:
+    """[T,H,W,C] (or one [H,W,C] image) numpy/torch -> float32 torch tensor in [0,1] (``io.video.to_float``),
+    shape checked."""
+    if not isinstance(frames, (np.ndarray, torch.Tensor)):
         raise InputError(f"{where}: expected a numpy array or a torch tensor [T,H,W,3], got {type(frames).__name__}")
-    if t.ndim == 3:
-        t = t.unsqueeze(0)
+    t = frames[None] if frames.ndim == 3 else frames
     if t.ndim != 4:
         raise InputError(f"{where}: expected frames [T,H,W,3] (ComfyUI IMAGE layout), got shape {tuple(t.shape)}")
     T, H, W, C = t.shape
@@ -79,13 +68,7 @@ def _to_float_frames(frames, where: str) -> torch.Tensor:
                          f"image/mask nodes)")
     if H == 0 or W == 0:
         raise InputError(f"{where}: frames have an empty side, shape {tuple(t.shape)}")
-    if t.dtype == torch.uint8:
-        t = t.float().div_(255.0)
-    elif t.is_floating_point():
-        t = t.float()
-    else:
-        raise InputError(f"{where}: unsupported tensor dtype {t.dtype}; expected uint8 or float in [0, 1]")
-    return t
+    return to_float(t, where)
 
 
 def preprocess_frames(frames, image_size: int, chunk: int = 32) -> torch.Tensor:

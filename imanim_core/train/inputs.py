@@ -9,6 +9,7 @@ import torch.nn as nn
 from ..config import BundleConfig, TokenizerConfig
 from ..errors import CheckpointError, IMAnimError
 from ..io.atomic import atomic_output
+from ..io.paths import run_file
 from ..models.bundle import BUNDLE_FORMAT, load_bundle
 from ..models.released import looks_like_released_encoder, read_safetensors_header
 from .config import TrainConfig
@@ -18,20 +19,14 @@ def init_bundle_path(init) -> Path:
     """``--init``: a previous run's directory (its ``export/bundle.safetensors``) or a bundle / released file."""
     p = Path(init)
     if p.is_dir():
-        for cand in (p / "export" / "bundle.safetensors", p / "bundle.safetensors"):
-            if cand.is_file():
-                return cand
+        f = run_file(p, "bundle.safetensors")
+        if f.is_file():
+            return f
         raise CheckpointError(f"--init {str(p)!r}: a folder without export/bundle.safetensors "
                               f"(did that training run finish or get stopped before its first export?)")
     if not p.is_file():
         raise CheckpointError(f"--init {str(p)!r} does not exist")
     return p
-
-
-def export_file(path, name: str) -> Path:
-    """``path`` itself, or ``path/export/<name>`` when ``path`` is a training run's directory."""
-    p = Path(path)
-    return p / "export" / name if p.is_dir() else p
 
 
 def bundle_config_of(path):
@@ -73,9 +68,9 @@ def find_vae(cfg: TrainConfig) -> str:
     if cfg.vae:
         p = Path(cfg.vae)
         if p.is_dir():
-            for cand in (p / "export" / "vae.safetensors", p / "vae.safetensors"):
-                if cand.is_file():
-                    return str(cand)
+            f = run_file(p, "vae.safetensors")
+            if f.is_file():
+                return str(f)
             raise CheckpointError(f"--vae {str(p)!r}: a folder without export/vae.safetensors")
         if not p.is_file():
             raise CheckpointError(f"--vae {str(p)!r} does not exist")
@@ -87,8 +82,9 @@ def find_vae(cfg: TrainConfig) -> str:
             v = json.loads(man.read_text()).get("vae")
             if v and Path(v).is_file():
                 return str(v)
-        if (exp / "vae.safetensors").is_file():
-            return str(exp / "vae.safetensors")
+        f = run_file(cfg.init, "vae.safetensors")
+        if f.is_file():
+            return str(f)
     raise IMAnimError(f"train {cfg.stage} needs the Wan 2.1 VAE: pass --vae FILE (or a `train vae` run directory)"
                       f"{'; --vae random for a smoke test' if cfg.preset == 'tiny-puppet' else ''}")
 
@@ -100,4 +96,4 @@ def write_manifest(export_dir: Path, info: dict) -> Path:
     return p
 
 
-__all__ = ["init_bundle_path", "export_file", "bundle_config_of", "load_init", "copy_weights", "find_vae", "write_manifest"]
+__all__ = ["init_bundle_path", "run_file", "bundle_config_of", "load_init", "copy_weights", "find_vae", "write_manifest"]

@@ -35,12 +35,13 @@ from ..backbone.wan import build_dit, dit_state_dict, load_dit, save_dit, save_v
 from ..config import BundleConfig
 from ..errors import CheckpointError, IMAnimError
 from ..io.atomic import copy_file, save_safetensors
+from ..io.paths import run_file
 from ..models.bundle import IMAnimationBundle, build_part, save_bundle
 from ..models.injector import attach_to
 from ..models.released import read_safetensors_header
 from ..models.tokenizer import preprocess_frames
 from .data import CLIP_FPS, frame_heatmaps, make_source
-from .inputs import copy_weights, export_file, load_init, write_manifest
+from .inputs import copy_weights, load_init, write_manifest
 from .losses import weighted_heatmap_mse
 from .stage import PooledClipStage
 from .stage2 import encoder_parameters, identity_latent, load_frozen_vae
@@ -86,12 +87,12 @@ class VideoModule(nn.Module):
 
 def _resolve_dit_file(cfg) -> str | None:
     if cfg.dit:
-        p = export_file(cfg.dit, "dit.safetensors")
+        p = run_file(cfg.dit, "dit.safetensors")
         if not p.is_file():
             raise CheckpointError(f"--dit {cfg.dit!r} does not exist (expected a Wan DiT file, original layout)")
         return str(p)
-    if cfg.init and Path(cfg.init).is_dir() and (Path(cfg.init) / "export" / "dit.safetensors").is_file():
-        return str(Path(cfg.init) / "export" / "dit.safetensors")
+    if cfg.init and Path(cfg.init).is_dir() and run_file(cfg.init, "dit.safetensors").is_file():
+        return str(run_file(cfg.init, "dit.safetensors"))
     if cfg.preset == "real":
         raise IMAnimError("train stage3 --preset real needs --dit (the Wan 2.1 DiT file to adapt, original layout)")
     return None

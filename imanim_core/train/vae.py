@@ -38,8 +38,9 @@ import torch.nn as nn
 from ..backbone.latents import LATENTS_MEAN, latent_stats
 from ..backbone.wan import build_vae, load_vae, save_vae
 from ..errors import CheckpointError, IMAnimError
+from ..io.paths import run_file
 from .data import CLIP_FPS, collate, make_source
-from .inputs import export_file, write_manifest
+from .inputs import write_manifest
 from .seeding import mix_seed
 from .stage import Stage
 
@@ -117,7 +118,7 @@ class VAEStage(Stage):
     def build(self) -> nn.Module:
         cfg = self.cfg
         if cfg.init:
-            p = export_file(cfg.init, "vae.safetensors")
+            p = run_file(cfg.init, "vae.safetensors")
             if not p.is_file():
                 raise CheckpointError(f"--init {cfg.init!r}: expected a VAE file or a `train vae` run directory")
             vae = build_vae(cfg.vae_preset) if self.dry else load_vae(p)

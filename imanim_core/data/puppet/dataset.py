@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ...errors import InputError
+from ...io.video import to_float
 from .body import FAMILIES, PuppetIdentity, _rng
 from .motion import PuppetMotion
 from .render import camera_for, render_clip
@@ -116,7 +117,7 @@ class PuppetDataset(_torch_dataset_base()):
                            min_gap=self.min_gap, supersample=self.supersample)
 
         def img(x):
-            return torch.from_numpy(x).float().div_(255.0)
+            return to_float(x)
 
         def heat(kp, vis):
             if self.heatmap_size is None:
