@@ -6,13 +6,14 @@ seed (up to the hosts' floating-point differences in the DiT, DESIGN §4):
 
 1. identity image (grey / RGB / RGBA, uint8 or float, >= 16 px a side, finite) -> RGB (alpha over black,
    ``io.video.to_rgb``, as the nodes' ``checks.image_batch``)
-   -> fitted to the model grid (H, W multiples of 16) with :func:`fit_image` (``'pad'``: scaled to fit inside,
-   centred, edge pixels repeated — the node's default ``fit``); the output is cropped back to the image's own
-   aspect (:class:`Letterbox`).
-2. identity -> Wan VAE -> **normalised** latent ``[1, 16, 1, h, w]`` (h = H/8).
-3. driving frames -> ``tokenizer.encode_frames`` -> codes ``[T, K, d]`` -> ``retargeter`` (all T frames at once)
-   -> tokens ``[1, T, h/2, w/2, Dr]``, padded to the next 4n+1 frames by repeating the last frame
-   (``windows.pad_frames``); the output is trimmed back to exactly T frames.
+   -> fitted to the model grid (H, W multiples of 16) with :func:`imanim_core.images.fit_image` (``'pad'``:
+   scaled to fit inside, centred, edge pixels repeated — the node's default ``fit``); the output is cropped back to
+   the image's own aspect (:class:`~imanim_core.images.Letterbox`). Size default: ``images.default_size``.
+2. identity -> Wan VAE -> **normalised** latent ``[1, 16, 1, h, w]`` (h = H/8) (``steps.encode_identity``).
+3. driving frames -> ``tokenizer.encode_frames`` -> codes ``[T, K, d]`` -> ``steps.retarget`` (all T frames at
+   once, the Retarget node's function too) -> tokens ``[1, T, h/2, w/2, Dr]``, checked, padded to the next 4n+1
+   frames by repeating the last frame and split into windows by ``windows.plan_motion`` (the sampler node's plan
+   too); the output is trimmed back to exactly T frames.
 4. sampling, exactly as ComfyUI does it (without importing ComfyUI):
    - noise ``torch.randn([1, 16, T', h, w], generator=torch.manual_seed(seed))`` on the CPU in float32
      (``comfy.sample.prepare_noise``), :func:`comfy_noise`;
@@ -24,9 +25,9 @@ seed (up to the hosts' floating-point differences in the DiT, DESIGN §4):
      ``denoised = x - sigma * v`` (v = the DiT's raw output, ``flow.dit_forward`` at timestep ``1000 sigma``,
      the reference latent appended in time, the injector attached), ``d = (x - denoised) / sigma``,
      ``x = x + d (sigma_next - sigma)``.
-   - long videos: windows over *latent* frames from :mod:`imanim_core.windows`; at every step the DiT runs on
-     each window (that window's slice of the motion, the same reference) and the **denoised** outputs are
-     blended with ``windows.blend`` — what the node's model wrapper does.
+   - long videos: windows over *latent* frames from :mod:`imanim_core.windows`; at every step
+     ``windows.run_windowed`` runs the DiT on each window (that window's slice of the motion, the same reference)
+     and blends the **denoised** outputs — the same function the node's model wrapper calls.
    - CFG only with a text context: ``denoised = uncond + (cond - uncond) * guidance`` (ComfyUI's cfg on
      denoised outputs); with no text (the tiny model) the DiT runs once per step on ``flow.zero_context``.
 5. latent -> VAE decode -> frames in [0, 1] -> trimmed to T, cropped to the identity's aspect -> uint8.
@@ -38,23 +39,27 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import windows as W
+from .backbone import flow
+from .backbone.wan import inspect_wan_file, load_dit, load_vae
+from .checks import check_finite, check_t2v_channels
 from .defaults import (DEFAULT_OVERLAP, DEFAULT_SEED, DEFAULT_SHIFT, DEFAULT_STEPS,  # noqa: F401 (re-exported)
                        DEFAULT_WINDOW, FIT_MODES, OUTPUT_MODES)
-from .checks import MIN_IMAGE_SIDE, check_finite, check_min_side, check_t2v_channels
 from .errors import CheckpointError, InputError
+from .models.bundle import load_bundle
+from .images import (GRID_PX, TINY_SIZE, Letterbox, check_size, default_size, fit_image,  # noqa: F401 (re-exported)
+                     identity_image, parse_size, prepare_identity, to_float_image, to_uint8)
+from .steps import (check_injector, check_models, decode_frames, dit_width, encode_identity,  # noqa: F401
+                    encode_motion, retarget, to_driving_frames)
+from .weights import embedded_paths, missing_message, resolve
 
-GRID_PX = 16  # Wan 2.1: VAE x8, then 2x2 DiT patches
 NUM_TIMESTEPS = 1000  # ComfyUI's ModelSamplingDiscreteFlow table size and timestep multiplier
-TINY_SIZE = (128, 128)  # the embedded tiny model's training size (train stage3 tiny preset)
-REAL_AREA = 480 * 832  # Wan 2.1 480p area, used as the default for real-size DiTs
 
 ProgressFn = Callable[[int, int], None]
 
@@ -125,283 +130,6 @@ def euler_sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     return x
 
 
-# ================================================================================================= images
-@dataclass(frozen=True)
-class Letterbox:
-    """Where the identity image sits in the model grid: the grid is ``height x width``; the image content fills
-    rows ``top:top+content_h`` and columns ``left:left+content_w`` (``'pad'``; the whole grid for ``'crop'`` and
-    ``'stretch'``); ``source_hw`` is the identity image's own size."""
-
-    height: int
-    width: int
-    top: int
-    left: int
-    content_h: int
-    content_w: int
-    source_hw: tuple
-    mode: str = "pad"
-
-    def restore(self, frames: torch.Tensor, output: str = "crop") -> torch.Tensor:
-        """Frames on the grid ``[T, H, W, 3]`` (float) -> ``'grid'`` (as is), ``'crop'`` (the identity's aspect at
-        the grid's scale) or ``'identity'`` (cropped, then resized to the identity image's size)."""
-        if output not in OUTPUT_MODES:
-            raise InputError(f"output: expected one of {OUTPUT_MODES}, got {output!r}")
-        if output == "grid":
-            return frames
-        out = frames[:, self.top:self.top + self.content_h, self.left:self.left + self.content_w]
-        if output == "identity" and tuple(out.shape[1:3]) != tuple(self.source_hw):
-            x = out.movedim(-1, 1).float()
-            x = F.interpolate(x, size=tuple(self.source_hw), mode="bilinear", align_corners=False, antialias=True)
-            out = x.movedim(1, -1).clamp(0, 1)
-        return out.contiguous()
-
-
-def to_float_image(image, where: str = "identity") -> torch.Tensor:
-    """Any image ``[H, W]`` / ``[H, W, 1|2|3|4]`` (or a batch with a leading dim), uint8/uint16/float numpy or
-    torch -> float32 RGB ``[B, H, W, 3]`` in [0, 1] (grey repeated, alpha composited over black)."""
-    from .io.video import to_rgb
-
-    if isinstance(image, np.ndarray):
-        a = image
-    elif torch.is_tensor(image):
-        a = image.detach().cpu()
-    else:
-        raise InputError(f"{where}: expected an image array/tensor [H, W, C], got {type(image).__name__}")
-    if a.ndim == 4 and a.shape[-1] not in (1, 2, 3, 4):
-        raise InputError(f"{where}: expected [H, W, C] with C in (1, 3, 4), got shape {tuple(a.shape)}")
-    if a.ndim not in (2, 3, 4):
-        raise InputError(f"{where}: expected an image [H, W] or [H, W, C], got shape {tuple(a.shape)}")
-    if a.ndim == 3 and a.shape[-1] not in (1, 2, 3, 4):
-        a = a[..., None]  # [H, W] grey with an odd width, never a [B, H, W] grey stack here
-    rgb = to_rgb(a, where=where)
-    if isinstance(rgb, np.ndarray):
-        if rgb.dtype == np.uint8:
-            t = torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0)
-        elif np.issubdtype(rgb.dtype, np.floating):
-            t = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
-        else:
-            raise InputError(f"{where}: unsupported pixel type {rgb.dtype}; expected uint8 or float in [0, 1]")
-    else:
-        t = rgb.float().div_(255.0) if rgb.dtype == torch.uint8 else rgb.float()
-    if t.ndim == 3:
-        t = t[None]
-    if t.shape[1] < 1 or t.shape[2] < 1:
-        raise InputError(f"{where}: the image is empty (shape {tuple(a.shape)})")
-    check_finite(t, where, "pixel values")
-    return t.clamp(0.0, 1.0).contiguous()
-
-
-def fit_image(image: torch.Tensor, height: int, width: int, mode: str = "pad") -> tuple:
-    """``[B, H, W, 3]`` float -> (``[B, height, width, 3]``, :class:`Letterbox`).
-
-    The one implementation, used by ``animate`` and by the Retarget to Identity node: ``'pad'`` scales to fit inside
-    (antialiased bilinear), centres, and fills the rest by repeating the edge pixels; ``'crop'`` scales to
-    cover and centre-crops; ``'stretch'`` resizes to the grid."""
-    if mode not in FIT_MODES:
-        raise InputError(f"fit: expected one of {FIT_MODES}, got {mode!r}")
-    b, h, w, _ = image.shape
-    src = (int(h), int(w))
-    full = Letterbox(height, width, 0, 0, height, width, src, mode)
-    if (h, w) == (height, width):
-        return image, full
-    x = image.movedim(-1, 1)
-    if mode == "stretch":
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-        box = full
-    else:
-        s = min(width / w, height / h) if mode == "pad" else max(width / w, height / h)
-        nh, nw = max(1, round(h * s)), max(1, round(w * s))
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-        if mode == "pad":
-            top, left = (height - nh) // 2, (width - nw) // 2
-            pads = (left, width - nw - left, top, height - nh - top)
-            if any(pads):
-                x = F.pad(x, pads, mode="replicate")
-            box = Letterbox(height, width, top, left, nh, nw, src, mode)
-        else:
-            top, left = (nh - height) // 2, (nw - width) // 2
-            x = x[:, :, top:top + height, left:left + width]
-            box = full
-    return x.movedim(1, -1).clamp(0, 1).contiguous(), box
-
-
-def parse_size(text) -> Optional[tuple]:
-    """``'HxW'`` (e.g. ``'128x96'``) or ``'N'`` (square) -> (H, W) multiples of 16; None/'' -> None."""
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return None
-    if isinstance(text, (tuple, list)):
-        hw = tuple(int(v) for v in text)
-    else:
-        parts = str(text).lower().replace("*", "x").split("x")
-        try:
-            hw = tuple(int(p) for p in parts)
-        except ValueError:
-            raise InputError(f"size: expected HxW in pixels (e.g. 128x128), got {text!r}") from None
-        if len(hw) == 1:
-            hw = (hw[0], hw[0])
-    if len(hw) != 2:
-        raise InputError(f"size: expected HxW in pixels (e.g. 128x128), got {text!r}")
-    check_size(hw)
-    return hw
-
-
-def check_size(hw) -> tuple:
-    h, w = int(hw[0]), int(hw[1])
-    for v, n in ((h, "height"), (w, "width")):
-        if v < GRID_PX or v % GRID_PX:
-            raise InputError(f"size: the video {n} must be a positive multiple of {GRID_PX} px (Wan: VAE x8 then "
-                             f"2x2 patches), got {h}x{w} (HxW)")
-    return h, w
-
-
-def _round16(v: float) -> int:
-    return max(GRID_PX, int(round(v / GRID_PX)) * GRID_PX)
-
-
-def dit_width(dit) -> int:
-    c = dit.config
-    return int(c.num_attention_heads * c.attention_head_dim)
-
-
-def default_size(bundle=None, dit=None, identity_hw=None) -> tuple:
-    """The model grid when no size is given: the bundle's ``video_size`` metadata (``'HxW'`` or ``[H, W]``) when
-    present; else 128x128 for a tiny DiT (width <= 512, the embedded model's training size); else a 480p-area
-    grid (480x832 = 399,360 px) with the identity's aspect."""
-    meta = dict(getattr(bundle, "metadata", None) or {})
-    vs = meta.get("video_size")
-    if vs:
-        try:
-            import json
-
-            val = json.loads(vs) if isinstance(vs, str) and vs.strip().startswith("[") else vs
-            return parse_size(val)
-        except (InputError, ValueError):
-            pass
-    if dit is None or dit_width(dit) <= 512:
-        return TINY_SIZE
-    if identity_hw is None:
-        return (480, 832)
-    ih, iw = int(identity_hw[0]), int(identity_hw[1])
-    a = ih / max(iw, 1)
-    h = math.sqrt(REAL_AREA * a)
-    return _round16(h), _round16(REAL_AREA / h)
-
-
-def identity_image(identity, where: str = "identity") -> torch.Tensor:
-    """The identity as float RGB ``[1, H, W, 3]`` (:func:`to_float_image`), at least
-    :data:`~imanim_core.checks.MIN_IMAGE_SIDE` px a side (the node's minimum too)."""
-    img = to_float_image(identity, where)[:1]
-    check_min_side(img.shape[1], img.shape[2], where, MIN_IMAGE_SIDE)
-    return img
-
-
-def prepare_identity(identity, size: tuple, fit: str = "pad") -> tuple:
-    """Identity image -> (float ``[1, H, W, 3]`` on the model grid, :class:`Letterbox`)."""
-    img = identity_image(identity)
-    h, w = check_size(size)
-    return fit_image(img, h, w, fit)
-
-
-# ================================================================================================ model parts
-def check_models(bundle, dit, vae=None) -> None:
-    """The bundle can animate with this DiT: tokenizer, retargeter and injector present and compatible."""
-    if bundle is None:
-        raise InputError("bundle: an IM-Animation bundle is required")
-    missing = [p for p in ("tokenizer", "retargeter", "injector") if getattr(bundle, p, None) is None]
-    if missing:
-        src = "the released motion encoder" if getattr(bundle, "source", None) == "released" else "this bundle"
-        raise CheckpointError(f"bundle: {src} has no {', '.join(missing)}; animating needs a full IM-Animation "
-                              f"bundle (tokenizer + retargeter + injector, trained with the stage 2/3 scripts)")
-    check_injector(bundle.injector, dit)
-    check_t2v_channels(getattr(getattr(dit, "config", None), "in_channels", 16), "dit")
-    rc, ic = bundle.retargeter.cfg, bundle.injector.cfg
-    if rc.out_dim != ic.in_dim:
-        raise CheckpointError(f"bundle: the retargeter outputs {rc.out_dim} channels but the injector takes "
-                              f"{ic.in_dim}")
-
-
-def check_injector(injector, dit) -> None:
-    if dit is None:
-        raise InputError("dit: a Wan DiT is required")
-    d = dit_width(dit)
-    if injector.cfg.dit_dim != d:
-        raise CheckpointError(f"dit: this Wan DiT is {d} wide but the injector was trained for a "
-                              f"{injector.cfg.dit_dim}-wide DiT (Wan 2.1 1.3B = 1536, 14B = 5120, tiny = 256); use "
-                              f"the DiT the IM-Animation bundle was trained with")
-
-
-def _module_device_dtype(m) -> tuple:
-    p = next(m.parameters())
-    return p.device, p.dtype
-
-
-@torch.no_grad()
-def encode_identity(vae, image: torch.Tensor) -> torch.Tensor:
-    """Float ``[1, H, W, 3]`` in [0, 1] -> normalised Wan latent ``[1, 16, 1, H/8, W/8]`` (float32)."""
-    from .backbone.wan import vae_encode
-
-    dev, _ = _module_device_dtype(vae)
-    x = image.to(dev).permute(0, 3, 1, 2)[:, :, None] * 2.0 - 1.0
-    return vae_encode(vae, x)
-
-
-def to_driving_frames(driving, where: str = "driving") -> Union[np.ndarray, torch.Tensor]:
-    """Driving frames ``[T, H, W, 3]`` (uint8 numpy as ``io.read_video`` gives, or float in [0, 1]); grey or RGBA
-    frames ``[T, H, W, 1|4]`` are converted."""
-    from .io.video import to_rgb
-
-    if not isinstance(driving, (np.ndarray, torch.Tensor)):
-        raise InputError(f"{where}: expected frames [T, H, W, 3] (numpy or torch), got {type(driving).__name__}")
-    if driving.ndim == 3 and driving.shape[-1] in (3, 4):
-        driving = driving[None]
-    if driving.ndim != 4 or driving.shape[0] < 1 or driving.shape[-1] not in (1, 2, 3, 4):
-        raise InputError(f"{where}: expected frames [T, H, W, 3] with T >= 1, got shape {tuple(driving.shape)}")
-    if driving.shape[-1] != 3:
-        driving = to_rgb(driving, where=where)
-    check_min_side(driving.shape[1], driving.shape[2], where, MIN_IMAGE_SIDE)
-    check_finite(driving, where, "pixel values")
-    return driving
-
-
-@torch.no_grad()
-def encode_motion(bundle, driving, batch_size: int = 16, progress: Optional[ProgressFn] = None) -> torch.Tensor:
-    """Driving frames -> motion codes ``[T, K, d]`` (float32, CPU) with the bundle's tokenizer."""
-    frames = to_driving_frames(driving)
-    _, codes = bundle.tokenizer.encode_frames(frames, batch_size=batch_size, progress=progress)
-    return codes
-
-
-@torch.no_grad()
-def retarget(bundle, identity_latent: torch.Tensor, codes: torch.Tensor, frame_chunk: int = 16) -> torch.Tensor:
-    """Identity latent ``[1, 16, 1, h, w]`` + codes ``[T, K, d]`` -> retargeted tokens ``[1, T, h/2, w/2, Dr]``
-    (float32, CPU), all T frames at once (as the Retarget node)."""
-    ret = bundle.retargeter
-    dev, dt = _module_device_dtype(ret)
-    tokens = ret(identity_latent.to(dev, dt), codes[None].to(dev, dt), frame_chunk=int(frame_chunk))
-    return tokens.float().cpu()
-
-
-@torch.no_grad()
-def decode_frames(vae, latent: torch.Tensor, num_frames: Optional[int] = None) -> torch.Tensor:
-    """Normalised latent ``[1, 16, L, h, w]`` -> float frames ``[T, H, W, 3]`` in [0, 1] (CPU), trimmed to
-    ``num_frames`` (the VAE gives 4L-3)."""
-    from .backbone.wan import vae_decode
-
-    dev, _ = _module_device_dtype(vae)
-    video = vae_decode(vae, latent.to(dev))  # [1, 3, 4L-3, H, W] in [-1, 1]
-    frames = ((video[0].permute(1, 2, 3, 0).float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
-    if num_frames is not None:
-        if num_frames > frames.shape[0]:
-            raise InputError(f"decode: asked for {num_frames} frames, the latent gives {frames.shape[0]}")
-        frames = frames[:num_frames]
-    return frames
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    return (frames.clamp(0, 1) * 255.0 + 0.5).floor().to(torch.uint8).numpy()
-
-
 # ================================================================================================== sampling
 class _Bars:
     """tqdm bars when ``progress`` is True, a callable for the denoising steps, or nothing."""
@@ -445,8 +173,6 @@ def sample_latents(dit, injector, tokens: torch.Tensor, reference: torch.Tensor,
     ``guidance`` != 1 with a context runs the DiT a second time on ``negative_context`` (default zeros) and
     combines the denoised outputs as ComfyUI's cfg does. ``info`` (a dict) receives the plan (windows, sigmas).
     """
-    from .backbone import flow
-
     if not torch.is_tensor(tokens) or tokens.ndim != 5 or tokens.shape[0] != 1:
         raise InputError(f"motion tokens: expected [1, T, gh, gw, Dr], got "
                          f"{tuple(tokens.shape) if torch.is_tensor(tokens) else type(tokens).__name__}")
@@ -454,17 +180,7 @@ def sample_latents(dit, injector, tokens: torch.Tensor, reference: torch.Tensor,
         raise InputError(f"reference: expected the identity latent [1, 16, 1, h, w], got "
                          f"{tuple(reference.shape) if torch.is_tensor(reference) else type(reference).__name__}")
     check_injector(injector, dit)
-    t = int(tokens.shape[1] if num_frames is None else num_frames)
-    if t < 1 or t > tokens.shape[1]:
-        raise InputError(f"num_frames: expected 1..{tokens.shape[1]} (the motion's frames), got {t}")
-    h, w = int(reference.shape[3]), int(reference.shape[4])
-    if tuple(tokens.shape[2:4]) != (h // 2, w // 2) or h % 2 or w % 2:
-        raise InputError(f"motion tokens: grid {tuple(tokens.shape[2:4])} does not match the identity latent {h}x{w} "
-                         f"(expected {(h // 2, w // 2)})")
-    padded = W.padded_frame_count(t)
-    tokens = W.pad_frames(tokens[:, :t], dim=1, num_frames=padded)
-    num_latent = W.latent_frame_count(t)
-    wins = W.plan_frame_windows(padded, int(window), int(overlap))
+    plan = W.plan_motion(tokens, reference.shape[3:5], num_frames, window, overlap)
     sigmas = simple_sigmas(steps, shift)
 
     device = next(dit.parameters()).device
@@ -485,31 +201,26 @@ def sample_latents(dit, injector, tokens: torch.Tensor, reference: torch.Tensor,
             raise InputError(f"negative_context: expected text features [1, L, {text_dim}]")
         contexts.append(neg.to(device, torch.float32))
     reference = reference.to(device, torch.float32)
-    tokens = tokens.to(device)
-    noise = comfy_noise((1, 16, num_latent, h, w), seed)  # on the CPU, as ComfyUI
+    plan = replace(plan, tokens=plan.tokens.to(device))
+    noise = comfy_noise((1, 16, plan.latent_frames, *plan.latent_hw), seed)  # on the CPU, as ComfyUI
     if info is not None:
-        info.update(frames=t, padded_frames=padded, latent_frames=num_latent, windows=list(wins),
-                    sigmas=sigmas.tolist(), cfg=cfg)
+        info.update(frames=plan.frames, padded_frames=plan.padded_frames, latent_frames=plan.latent_frames,
+                    windows=list(plan.windows), sigmas=sigmas.tolist(), cfg=cfg)
 
-    n_calls = steps * len(wins)
+    n_calls = steps * len(plan.windows)
     step_fn, bar = _Bars(progress).step_fn(steps)
     with flow.motion_attached(dit, None, injector) as injected:
         def denoise(x, sigma):
             ts = flow.sigma_to_timestep(sigma.float())
             sig = sigma.reshape(-1, 1, 1, 1, 1)
-            per_ctx = []
-            for c in contexts:
-                outs = []
-                for win in wins:
-                    if len(wins) == 1:
-                        injected.set_motion(tokens)
-                        xw = x
-                    else:
-                        injected.set_motion(tokens[:, win.frames])
-                        xw = x[:, :, win.latents]
-                    v = flow.dit_forward(dit, xw, ts, c, reference).float()
-                    outs.append(xw - v * sig)
-                per_ctx.append(W.blend(outs, wins, num_latent, dim=2))
+
+            def denoised(c):  # one window: that window's motion on the patch, x - sigma * v
+                def call(xw, win, tokens_w):
+                    injected.set_motion(tokens_w)
+                    return xw - flow.dit_forward(dit, xw, ts, c, reference).float() * sig
+                return call
+
+            per_ctx = [W.run_windowed(x, plan, denoised(c)) for c in contexts]
             if not cfg:
                 return per_ctx[0]
             cond, uncond = per_ctx
@@ -562,7 +273,7 @@ def run(identity, driving, bundle, dit, vae, size: Optional[tuple] = None, steps
         raise InputError("motion_tokens: an injector must be given with precomputed motion tokens")
     img0 = identity_image(identity)
     if size is None:
-        size = default_size(bundle, dit, img0.shape[1:3])
+        size = default_size(bundle, dit_width(dit) if dit is not None else None, img0.shape[1:3])
     image, box = prepare_identity(img0, size, fit)
     if motion_tokens is None:
         frames = to_driving_frames(driving)
@@ -624,10 +335,6 @@ def animate(identity, driving, bundle, dit, vae, size: Optional[tuple] = None, s
 def load_models(bundle=None, dit=None, vae=None, device="cpu", dtype: torch.dtype = torch.float32) -> tuple:
     """``(bundle, dit, vae)`` from files (None = the embedded tiny model, :mod:`imanim_core.weights`), in eval
     mode. A missing embedded file raises a :class:`CheckpointError` naming it and the command that makes it."""
-    from .backbone.wan import inspect_wan_file, load_dit, load_vae
-    from .models.bundle import load_bundle
-    from .weights import embedded_paths, missing_message, resolve
-
     given = {"bundle": bundle, "dit": dit, "vae": vae}
     emb = embedded_paths(check=False)
     missing = [getattr(emb, k) for k, v in given.items() if not v and not getattr(emb, k).is_file()]

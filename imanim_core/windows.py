@@ -20,11 +20,16 @@ Units and rules (shared by both hosts, so they give the same video):
   (:attr:`Window.frames`, 4(e-s-1)+1 frames, i.e. 4n+1): the window's first latent frame is driven by the
   last frame of its group, as if the window were a video of its own (its first latent frame is a single
   frame to the model).
+
+:func:`plan_motion` applies these rules to a clip's retarget motion once (checks, 4n+1 padding, latent count,
+windows -> :class:`MotionPlan`) and :func:`run_windowed` is the per-step window loop; both hosts call them (the
+node's model wrapper with ComfyUI's model, the pipeline with the diffusers DiT), so the windows and the blend are
+the same code.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -32,7 +37,7 @@ from .errors import InputError
 
 __all__ = ["TEMPORAL_STRIDE", "Window", "latent_frame_count", "padded_frame_count", "pad_frames",
            "window_latent_count", "overlap_latent_count", "plan_windows", "plan_frame_windows",
-           "blend_weights", "blend"]
+           "blend_weights", "blend", "MotionPlan", "plan_motion", "run_windowed"]
 
 TEMPORAL_STRIDE = 4  # Wan 2.1 VAE: frame 0 alone, then groups of 4
 
@@ -185,3 +190,66 @@ def blend(chunks: Sequence[torch.Tensor], windows: Sequence[Window], num_latent:
         wv = weights[i, win.start:win.end].to(device=chunk.device, dtype=chunk.dtype).view(view)
         out.narrow(dim, win.start, win.length).add_(chunk * wv)
     return out
+
+
+# ============================================================================================ motion plan
+@dataclass(frozen=True)
+class MotionPlan:
+    """A clip's retargeted motion, ready for windowed denoising.
+
+    ``tokens``: ``[1, padded_frames, h/2, w/2, Dr]`` (the last frame repeated up to 4n+1); ``frames``: the driving
+    frame count T (the output keeps it); ``latent_hw``: the latent's (h, w); ``windows``: the latent windows."""
+
+    tokens: torch.Tensor
+    frames: int
+    padded_frames: int
+    latent_frames: int
+    latent_hw: Tuple[int, int]
+    windows: Tuple[Window, ...]
+
+    def info(self) -> dict:
+        """The plan in the hosts' words (the pipeline's ``info``, the sampler node's status)."""
+        return {"frames": self.frames, "padded_frames": self.padded_frames, "latent_frames": self.latent_frames,
+                "windows": list(self.windows), "latent_hw": self.latent_hw}
+
+
+def _shape(x) -> str:
+    return str(tuple(x.shape)) if torch.is_tensor(x) else type(x).__name__
+
+
+def plan_motion(tokens: torch.Tensor, latent_hw: Sequence[int], num_frames: Optional[int] = None,
+                window: int = 81, overlap: int = 16, where: str = "motion tokens") -> MotionPlan:
+    """Check per-frame motion ``tokens`` ``[1, T, h/2, w/2, Dr]`` against the identity latent's ``latent_hw``
+    (h, w), keep the first ``num_frames`` (default T), pad them to 4n+1 and plan the windows (``window`` /
+    ``overlap`` in video frames, :func:`plan_frame_windows`). ``where`` names the input in messages."""
+    if not torch.is_tensor(tokens) or tokens.ndim != 5 or tokens.shape[0] != 1:
+        raise InputError(f"{where}: expected [1, T, gh, gw, Dr], got {_shape(tokens)}")
+    t = int(tokens.shape[1] if num_frames is None else num_frames)
+    if t < 1 or t > tokens.shape[1]:
+        raise InputError(f"num_frames: expected 1..{tokens.shape[1]} (the motion's frames), got {t}")
+    h, w = int(latent_hw[0]), int(latent_hw[1])
+    if tuple(tokens.shape[2:4]) != (h // 2, w // 2) or h % 2 or w % 2:
+        raise InputError(f"{where}: motion grid {tuple(tokens.shape[2:4])} does not match the identity latent "
+                         f"{h}x{w} (expected {(h // 2, w // 2)})")
+    padded = padded_frame_count(t)
+    tokens = pad_frames(tokens[:, :t], dim=1, num_frames=padded)
+    wins = plan_frame_windows(padded, int(window), int(overlap))
+    return MotionPlan(tokens, t, padded, latent_frame_count(t), (h, w), tuple(wins))
+
+
+WindowCall = Callable[[torch.Tensor, Window, torch.Tensor], torch.Tensor]
+
+
+def run_windowed(x: torch.Tensor, plan: MotionPlan, call: WindowCall, dim: int = 2,
+                 where: str = "latent") -> torch.Tensor:
+    """One denoising step over the plan's windows: ``call(x_window, window, tokens_window)`` gives the denoised
+    window (the host runs its model there with that window's motion set), the results are blended with
+    :func:`blend`. One window: ``call(x, window, plan.tokens)`` on the whole latent, nothing blended."""
+    n = x.shape[dim]
+    if n != plan.latent_frames:
+        raise InputError(f"{where}: {n} latent frames, but the retargeted motion covers {plan.latent_frames} "
+                         f"(frame_count frames padded to 4n+1)")
+    if len(plan.windows) == 1:
+        return call(x, plan.windows[0], plan.tokens)
+    outs = [call(x.narrow(dim, win.start, win.length), win, plan.tokens[:, win.frames]) for win in plan.windows]
+    return blend(outs, plan.windows, n, dim=dim)

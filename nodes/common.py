@@ -1,4 +1,4 @@
-"""Glue shared by the nodes: devices and dtypes, input checks with clear messages, output size, progress."""
+"""Glue shared by the nodes: devices and dtypes, input checks with clear messages, progress, previews."""
 from __future__ import annotations
 
 import torch
@@ -11,7 +11,6 @@ from imanim_core.checks import MIN_IMAGE_SIDE, image_batch, t2v_channels_problem
 from imanim_core.errors import InputError
 
 CATEGORY = "IM-Animation"
-GRID_PX = 16  # Wan 2.1: VAE x8, DiT patch x2 -> one DiT token per 16x16 pixels
 
 DTYPES = ["auto", "fp32", "bf16", "fp16"]
 DEVICES = ["auto", "cpu", "gpu"]
@@ -66,37 +65,6 @@ def check_image(image, name: str, min_side: int = MIN_IMAGE_SIDE) -> torch.Tenso
     RGBA file), NaN / Inf and images under ``min_side`` px refused; messages name ``name``
     (``imanim_core.checks.image_batch``, shared with the CLI)."""
     return image_batch(image, name, min_side)
-
-
-def target_size(width: int, height: int, image_hw: tuple, bundle=None) -> tuple:
-    """Output (W, H) in px, multiples of 16.
-
-    Both 0: the standalone pipeline's default (``imanim_core.pipeline.default_size``: the bundle's ``video_size``
-    metadata, else 128x128 for a tiny model, else a 480p-area size with the identity's aspect), so the node and
-    ``python -m imanim_core animate`` without --size agree. One 0: derived from the other and the identity's
-    aspect."""
-    from types import SimpleNamespace
-
-    from imanim_core.pipeline import default_size
-
-    ih, iw = int(image_hw[0]), int(image_hw[1])
-    w, h = int(width), int(height)
-    if not w and not h:
-        inj = getattr(bundle, "injector", None)
-        dit = None
-        if inj is not None:  # default_size only reads the DiT's width
-            dit = SimpleNamespace(config=SimpleNamespace(num_attention_heads=int(inj.cfg.dit_dim),
-                                                         attention_head_dim=1))
-        h, w = default_size(bundle, dit, (ih, iw))
-    elif not w:
-        w = max(GRID_PX, int(round(h * iw / ih / GRID_PX)) * GRID_PX)
-    elif not h:
-        h = max(GRID_PX, int(round(w * ih / iw / GRID_PX)) * GRID_PX)
-    for v, n in ((w, "width"), (h, "height")):
-        if v < GRID_PX or v % GRID_PX:
-            raise InputError(f"{n}: expected a positive multiple of {GRID_PX} px (Wan: VAE x8 then 2x2 patches), "
-                             f"got {v}")
-    return w, h
 
 
 def overlay(base: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:

@@ -5,7 +5,9 @@ import torch
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, GRID_PX, progress
+from imanim_core.images import GRID_PX
+
+from .common import CATEGORY, progress
 
 
 def _families() -> list:

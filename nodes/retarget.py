@@ -7,21 +7,21 @@ import torch
 
 from comfy_api.latest import io, ui
 
+from imanim_core.backbone.latents import normalize
 from imanim_core.checks import check_finite
+from imanim_core.data.heatmaps import heatmaps_to_image
 from imanim_core.errors import InputError
-from imanim_core.pipeline import FIT_MODES  # the standalone pipeline's identity fitting modes
-
+from imanim_core.images import FIT_MODES, GRID_PX, fit_image, output_size
+from imanim_core.models.bundle import check_motion_tokens
+from imanim_core.steps import retarget
 from imanim_core.windows import padded_frame_count
 
-from .common import (CATEGORY, GRID_PX, check_image, check_interrupt, check_wan_vae, overlay, progress,
-                     target_size, taehv_parallel_decode)
+from .common import CATEGORY, check_image, check_interrupt, check_wan_vae, overlay, progress, taehv_parallel_decode
 from .types import IMAnimationModels, MotionTokens, Retargeted, RetargetedMotion
 
 
 def check_motion_fits(models, motion) -> None:
     """Motion tokens must come from the tokenizer the retargeter was trained with."""
-    from imanim_core.models.bundle import check_motion_tokens
-
     cfg = check_motion_tokens(motion, where="motion_tokens")["config"]
     rcfg = models.bundle.config.retargeter
     if (cfg.num_latent_tokens, cfg.token_dim) != (rcfg.num_motion_tokens, rcfg.token_dim):
@@ -86,10 +86,6 @@ class IMAnimationRetarget(io.ComfyNode):
 
     @classmethod
     def execute(cls, models, identity, vae, motion_tokens, width, height, fit, frame_chunk) -> io.NodeOutput:
-        from imanim_core.backbone.latents import normalize
-        from imanim_core.data.heatmaps import heatmaps_to_image
-        from imanim_core.pipeline import fit_image
-
         bundle = models.bundle
         if bundle.retargeter is None or bundle.injector is None:
             missing = [p for p in ("retargeter", "injector") if getattr(bundle, p) is None]
@@ -98,7 +94,7 @@ class IMAnimationRetarget(io.ComfyNode):
         check_motion_fits(models, motion_tokens)
         check_wan_vae(vae, "vae")
         img = check_image(identity, "identity")[:1]
-        w, h = target_size(width, height, img.shape[1:3], bundle)
+        w, h = output_size(width, height, img.shape[1:3], bundle)
         img, _ = fit_image(img, h, w, fit)  # the standalone pipeline's identity fitting
 
         codes = motion_tokens["codes"]
@@ -115,12 +111,7 @@ class IMAnimationRetarget(io.ComfyNode):
         check_finite(raw, "vae", "identity latent values", hint="Check the VAE file (damaged weights?)")
         bar.update_absolute(1, t + 2)
         check_interrupt()
-        ret = bundle.retargeter
-        p = next(ret.parameters())
-        with torch.no_grad():
-            tokens = ret(normalize(raw).to(p.device, p.dtype), codes[None].to(p.device, p.dtype),
-                         frame_chunk=int(frame_chunk))
-        tokens = tokens.float().cpu()
+        tokens = retarget(bundle, normalize(raw), codes, frame_chunk)  # the CLI's retarget step
         bar.update_absolute(2, t + 2)
 
         head = bundle.joint_head

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 
 import torch
 
@@ -27,7 +28,8 @@ from comfy_api.latest import io, ui
 
 from imanim_core.checks import check_finite
 from imanim_core.errors import InputError
-from imanim_core.windows import blend, latent_frame_count, pad_frames, padded_frame_count, plan_frame_windows
+from imanim_core.models.injector import InjectedPatchEmbedding
+from imanim_core.windows import MotionPlan, plan_motion, run_windowed
 
 from .common import CATEGORY, check_interrupt, check_wan_model
 from .types import RetargetedMotion
@@ -68,13 +70,12 @@ def apply_shift(model, shift: float):
 
 
 class WindowedMotion:
-    """The model-function wrapper: per window, set the motion on the injected patch, run, blend."""
+    """The model-function wrapper: ``imanim_core.windows.run_windowed`` with ComfyUI's model call per window (that
+    window's motion set on the injected patch, its slice of any per-frame conditioning)."""
 
-    def __init__(self, injected, tokens: torch.Tensor, windows, num_latent: int, previous=None):
+    def __init__(self, injected, plan: MotionPlan, previous=None):
         self.injected = injected
-        self.tokens = tokens
-        self.windows = windows
-        self.num_latent = num_latent
+        self.plan = plan
         self.previous = previous  # a model_function_wrapper already on the MODEL: called inside ours
 
     def _run(self, apply_model, x, t, c, args):
@@ -88,45 +89,34 @@ class WindowedMotion:
     def __call__(self, apply_model, args):
         x, t, c = args["input"], args["timestep"], args["c"]
         n = x.shape[2]
-        if n != self.num_latent:
-            raise InputError(f"latent: {n} latent frames, but the retargeted motion covers {self.num_latent} "
-                             f"(frame_count frames padded to 4n+1)")
-        if len(self.windows) == 1:
-            self.injected.set_motion(self.tokens)
-            return self._run(apply_model, x, t, c, args)
-        outs = []
-        for win in self.windows:
-            check_interrupt()
-            self.injected.set_motion(self.tokens[:, win.frames])
-            cw = {k: (v[:, :, win.latents] if (k != "time_dim_concat" and torch.is_tensor(v) and v.ndim == 5
-                                               and v.shape[2] == n) else v) for k, v in c.items()}
-            outs.append(self._run(apply_model, x[:, :, win.latents], t, cw, args))
-        return blend(outs, self.windows, n, dim=2)
+        several = len(self.plan.windows) > 1
+
+        def call(xw, win, tokens_w):
+            if several:
+                check_interrupt()
+            self.injected.set_motion(tokens_w)
+            cw = c if not several else {
+                k: (v[:, :, win.latents] if (k != "time_dim_concat" and torch.is_tensor(v) and v.ndim == 5
+                                             and v.shape[2] == n) else v) for k, v in c.items()}
+            return self._run(apply_model, xw, t, cw, args)
+
+        return run_windowed(x, self.plan, call)
 
 
 def patch_model(model, retargeted, shift: float, window: int, overlap: int):
     """Clone ``model`` and add the motion injection, the window wrapper and the shift.
 
-    Returns ``(patched_model, injected_patch, wrapper, info)``; ``info`` has the frame/latent counts and windows.
+    Returns ``(patched_model, injected_patch, wrapper, info)``; ``info`` has the frame/latent counts and windows
+    (``imanim_core.windows.plan_motion``, the standalone pipeline's plan) and the model's text width.
     """
-    from imanim_core.models.injector import InjectedPatchEmbedding
-
     spec = check_wan_model(model, "model")
     inj = retargeted.injector
     if inj.cfg.dit_dim != spec["dim"]:
         raise InputError(f"model: this Wan DiT is {spec['dim']} wide but the injector of {retargeted.models_name} "
                          f"was trained for a {inj.cfg.dit_dim}-wide DiT (Wan 2.1 1.3B = 1536, 14B = 5120, tiny = "
                          f"256); use the Wan model the IM-Animation bundle was trained with")
-    tokens = retargeted.tokens
-    h, w = retargeted.latent_hw
-    if tokens.shape[2:4] != (h // 2, w // 2):
-        raise InputError(f"retargeted_motion: motion grid {tuple(tokens.shape[2:4])} does not match the identity "
-                         f"latent {h}x{w} (expected {(h // 2, w // 2)})")
-    t = int(retargeted.frame_count)
-    padded = padded_frame_count(t)
-    tokens = pad_frames(tokens, dim=1, num_frames=padded)
-    num_latent = latent_frame_count(t)
-    windows = plan_frame_windows(padded, window, overlap)
+    plan = plan_motion(retargeted.tokens, retargeted.latent_hw, int(retargeted.frame_count), window, overlap,
+                       where="retargeted_motion")
 
     m = model.clone()
     if shift > 0:
@@ -135,11 +125,10 @@ def patch_model(model, retargeted, shift: float, window: int, overlap: int):
     injector = copy.deepcopy(inj).float().to(m.load_device).eval()
     injected = InjectedPatchEmbedding(conv, injector)
     m.add_object_patch("diffusion_model.patch_embedding", injected)
-    wrapper = WindowedMotion(injected, tokens.to(m.load_device), windows, num_latent,
-                             previous=m.model_options.get("model_function_wrapper"))
+    plan = replace(plan, tokens=plan.tokens.to(m.load_device))
+    wrapper = WindowedMotion(injected, plan, previous=m.model_options.get("model_function_wrapper"))
     m.set_model_unet_function_wrapper(wrapper)
-    info = {"frames": t, "padded_frames": padded, "latent_frames": num_latent, "windows": windows,
-            "latent_hw": (h, w), "text_dim": spec["text_dim"]}
+    info = dict(plan.info(), text_dim=spec["text_dim"])
     return m, injected, wrapper, info
 
 

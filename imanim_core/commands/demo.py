@@ -104,7 +104,7 @@ def run(args) -> int:
     num_frames = max(1, int(round(args.seconds * args.fps)))
     bundle, dit, vae = P.load_models(args.bundle, args.dit, args.vae)
     P.check_models(bundle, dit, vae)
-    size = P.parse_size(args.size) or P.default_size(bundle, dit)
+    size = P.parse_size(args.size) or P.default_size(bundle, P.dit_width(dit))
     case = demo_case(args.seed, size, num_frames, args.fps)
     print(f"demo: a {case['identity_body'].body_type} character animated by a {case['driver_body'].body_type} "
           f"driver (body mismatch {case['mismatch']:.3f}), {num_frames} frames at {args.fps:g} fps, "

@@ -98,7 +98,7 @@ def run(args) -> int:
 
     bundle, dit, vae = P.load_models(args.bundle, args.dit, args.vae)
     P.check_models(bundle, dit, vae)
-    size = P.parse_size(args.size) or P.default_size(bundle, dit)
+    size = P.parse_size(args.size) or P.default_size(bundle, P.dit_width(dit))
     cases = E.benchmark_cases(per_level)
     heldout = E.training_seed_overlap(cases, args.train_seed, check_items) if check_items > 0 else None
     try:
