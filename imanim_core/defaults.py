@@ -5,7 +5,7 @@ A module without imports, so that a command's options can be declared (and its o
 """
 
 DEFAULT_STEPS = 20
-DEFAULT_SHIFT = 5.0  # the IM-Animation Sampler node's default
+DEFAULT_SHIFT = 5.0  # the Sampler node's default, Wan 2.1 T2V's sample_shift, the training noise shift
 DEFAULT_WINDOW = 81  # the node's default (Wan 2.1 is trained on 81 frames)
 DEFAULT_OVERLAP = 16
 DEFAULT_SEED = 0

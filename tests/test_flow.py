@@ -1,6 +1,9 @@
 """Flow matching with a clean reference frame appended in time, the motion injector, and sampling (tiny DiT, CPU)."""
 from __future__ import annotations
 
+from typing import Callable, Optional, Union
+
+import numpy as np
 import pytest
 import torch
 
@@ -8,6 +11,83 @@ from imanim_core.backbone import flow, wan
 from imanim_core.errors import InputError
 
 B, T, H, W = 2, 2, 8, 8  # latent batch, latent frames T', latent grid (DiT grid 4x4)
+SCHEDULERS = ("flow_unipc", "euler")
+
+
+# ------------------------------------------------------------------------ oracle: diffusers' flow schedulers
+# An independent sampler (diffusers' UniPC / Euler flow schedulers around flow.dit_forward), kept here as a reference
+# for the flow conventions; the project's one sampler is imanim_core.pipeline.sample_latents.
+def make_scheduler(name: str = "flow_unipc", shift: float = flow.DEFAULT_SHIFT):
+    """A diffusers flow scheduler: ``'flow_unipc'`` (UniPC, flow prediction, as diffusers' Wan pipeline) or
+    ``'euler'`` (FlowMatchEulerDiscreteScheduler)."""
+    if shift <= 0:
+        raise InputError(f"shift: expected a positive number, got {shift}")
+    if name == "flow_unipc":
+        from diffusers import UniPCMultistepScheduler
+
+        return UniPCMultistepScheduler(num_train_timesteps=flow.NUM_TRAIN_TIMESTEPS,
+                                       prediction_type="flow_prediction", use_flow_sigmas=True,
+                                       flow_shift=float(shift), solver_order=2)
+    if name == "euler":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=flow.NUM_TRAIN_TIMESTEPS, shift=float(shift))
+    raise InputError(f"scheduler: unknown {name!r}; choose one of {list(SCHEDULERS)}")
+
+
+def _set_timesteps(sched, name: str, steps: int, device) -> None:
+    if name == "euler":
+        # sigmas 1 .. 1/steps, shifted once by the scheduler (its default grid would shift the end point twice)
+        sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, steps + 1)[:-1].tolist(), device=device)
+    else:
+        sched.set_timesteps(steps, device=device)
+
+
+@torch.no_grad()
+def sample(dit, noise: Union[torch.Tensor, tuple], context: torch.Tensor, reference: Optional[torch.Tensor] = None,
+           steps: int = 20, shift: float = flow.DEFAULT_SHIFT, scheduler: str = "flow_unipc", guidance: float = 1.0,
+           negative_context: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+           progress: Optional[Callable[[int, int], None]] = None, motion=None, injector=None) -> torch.Tensor:
+    """Sample clean normalised latents ``[B, 16, T', h, w]`` starting from ``noise`` (a tensor, or a shape
+    tuple drawn with ``generator``).
+
+    The reference frame is appended (clean) at every step and never part of the result. ``guidance`` != 1 runs
+    the DiT a second time with ``negative_context`` (default :func:`zero_context`), motion and reference applied
+    to both passes (as the ComfyUI patch does). ``progress(step, steps)`` is called after every step; it may
+    raise to stop. The DiT's timestep is ``1000 * sigma`` of the scheduler's sigma at each step.
+    """
+    if isinstance(noise, (tuple, list, torch.Size)):
+        gen_device = generator.device if generator is not None else "cpu"
+        noise = torch.randn(tuple(noise), generator=generator, device=gen_device, dtype=torch.float32)
+    flow._check_latent(dit, noise, "noise")
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps: expected a positive integer, got {steps!r}")
+    b = noise.shape[0]
+    device = next(dit.parameters()).device
+    x = noise.to(device=device, dtype=torch.float32)
+    context = flow._prep_context(dit, context, b).to(device)
+    reference = flow._prep_reference(reference, x)
+    reference = None if reference is None else reference.to(device)
+    cfg = float(guidance) != 1.0
+    if cfg:
+        if negative_context is None:
+            negative_context = flow.zero_context(b, context.shape[1], context.shape[2], device=device)
+        negative_context = flow._prep_context(dit, negative_context, b, "negative_context").to(device)
+    sched = make_scheduler(scheduler, shift)
+    _set_timesteps(sched, scheduler, steps, device)
+    n = len(sched.timesteps)
+    with flow.motion_attached(dit, motion, injector):
+        for i, t in enumerate(sched.timesteps):
+            ts = flow.sigma_to_timestep(sched.sigmas[i].to(device=device, dtype=torch.float32)).expand(b)
+            v = flow.dit_forward(dit, x, ts, context, reference).float()
+            if cfg:
+                v_neg = flow.dit_forward(dit, x, ts, negative_context, reference).float()
+                v = v_neg + float(guidance) * (v - v_neg)
+            kwargs = {"generator": generator} if scheduler == "euler" else {}
+            x = sched.step(v, t, x, return_dict=False, **kwargs)[0]
+            if progress is not None:
+                progress(i + 1, n)
+    return x
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -148,11 +228,11 @@ def test_motion_goes_through_the_injector(dit, batch):
 def test_sample_returns_the_video_frames_only(dit, batch, scheduler):
     _, ref, ctx = batch
     calls = []
-    out = flow.sample(dit, (B, 16, T, H, W), ctx, ref, steps=3, shift=3.0, scheduler=scheduler,
+    out = sample(dit, (B, 16, T, H, W), ctx, ref, steps=3, shift=3.0, scheduler=scheduler,
                       generator=torch.Generator().manual_seed(5), progress=lambda i, n: calls.append((i, n)))
     assert out.shape == (B, 16, T, H, W) and torch.isfinite(out).all()
     assert calls == [(1, 3), (2, 3), (3, 3)]
-    again = flow.sample(dit, (B, 16, T, H, W), ctx, ref, steps=3, shift=3.0, scheduler=scheduler,
+    again = sample(dit, (B, 16, T, H, W), ctx, ref, steps=3, shift=3.0, scheduler=scheduler,
                         generator=torch.Generator().manual_seed(5))
     assert torch.equal(out, again)
 
@@ -160,10 +240,10 @@ def test_sample_returns_the_video_frames_only(dit, batch, scheduler):
 def test_sample_with_guidance_and_single_step(dit, batch):
     x0, ref, ctx = batch
     noise = torch.randn(1, 16, 1, H, W)
-    out = flow.sample(dit, noise, ctx[:1], ref[:1], steps=2, guidance=3.0, negative_context=flow.zero_context(1, 2))
+    out = sample(dit, noise, ctx[:1], ref[:1], steps=2, guidance=3.0, negative_context=flow.zero_context(1, 2))
     assert out.shape == noise.shape
     # one Euler step from sigma 1 lands on x_1 - v: the model's clean estimate
-    one = flow.sample(dit, noise, ctx[:1], steps=1, scheduler="euler")
+    one = sample(dit, noise, ctx[:1], steps=1, scheduler="euler")
     with torch.no_grad():
         v = flow.denoise_once(dit, noise, 1.0, ctx[:1])
     assert torch.allclose(one, noise - v, atol=1e-5)
@@ -183,6 +263,6 @@ def test_bad_inputs_are_clear_errors(dit, batch):
     with pytest.raises(InputError, match="context: expected text features"):
         flow.flow_matching_loss(dit, x0, torch.zeros(B, 1, 512))
     with pytest.raises(InputError, match="scheduler"):
-        flow.sample(dit, (1, 16, 1, H, W), ctx[:1], scheduler="ddim")
+        sample(dit, (1, 16, 1, H, W), ctx[:1], scheduler="ddim")
     with pytest.raises(InputError, match="steps"):
-        flow.sample(dit, (1, 16, 1, H, W), ctx[:1], steps=0)
+        sample(dit, (1, 16, 1, H, W), ctx[:1], steps=0)

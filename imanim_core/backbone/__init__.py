@@ -4,7 +4,8 @@
 - ``latents``  — the Wan 2.1 latent mean/std (the only copy), ``normalize`` / ``denormalize``.
 - ``wan``      — shipped configs, ``build_dit`` / ``build_vae``, ``load_*`` / ``save_*`` (original layout),
   ``vae_encode`` / ``vae_decode``.
-- ``flow``     — flow matching loss and sampling with a reference frame appended in time and the injector attached.
+- ``flow``     — flow matching (loss, one denoiser call) with a reference frame appended in time and the injector
+  attached (the sampler is ``pipeline.sample_latents``).
 
 Names are imported lazily so ``import imanim_core.backbone`` does not import diffusers.
 """
@@ -18,7 +19,7 @@ _EXPORTS = {
     "latents": ("LATENTS_MEAN", "LATENTS_STD", "normalize", "denormalize"),
     "wan": ("dit_config", "vae_config", "build_dit", "build_vae", "load_dit", "save_dit", "load_vae", "save_vae",
             "vae_encode", "vae_decode", "inspect_wan_file", "DIT_PRESETS", "VAE_PRESETS"),
-    "flow": ("flow_matching_loss", "sample", "denoise_once", "zero_context", "shift_sigma", "sample_sigmas"),
+    "flow": ("flow_matching_loss", "denoise_once", "zero_context", "shift_sigma", "sample_sigmas"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 

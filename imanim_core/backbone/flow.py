@@ -16,28 +16,29 @@ Conventions (the same in both hosts, DESIGN §4):
 
 ComfyUI parity: :func:`denoise_once` returns the raw model prediction ``v``; ComfyUI's denoiser output for the
 same weights is ``denoised = x_t - sigma * v`` (its flow ``CONST`` model sampling with multiplier 1000).
+
+Sampling is not here: the one sampler is :func:`imanim_core.pipeline.sample_latents` (ComfyUI's euler / simple,
+windows from :mod:`imanim_core.windows`); ``tests/test_flow.py`` keeps a diffusers-scheduler sampler as an oracle.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional, Union
+from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..defaults import DEFAULT_SHIFT  # Wan 2.1 T2V's own sample_shift (ComfyUI's WAN21 default sampling uses 8)
 from ..errors import IMAnimError, InputError
 
 __all__ = [
-    "NUM_TRAIN_TIMESTEPS", "DEFAULT_SHIFT", "TEXT_DIM", "SCHEDULERS",
+    "NUM_TRAIN_TIMESTEPS", "DEFAULT_SHIFT", "TEXT_DIM",
     "shift_sigma", "sample_sigmas", "sigma_to_timestep", "add_noise", "flow_target", "zero_context",
-    "motion_attached", "dit_forward", "denoise_once", "flow_matching_loss", "make_scheduler", "sample",
+    "motion_attached", "dit_forward", "denoise_once", "flow_matching_loss",
 ]
 
 NUM_TRAIN_TIMESTEPS = 1000
-DEFAULT_SHIFT = 5.0  # Wan 2.1 T2V's own sample_shift; ComfyUI's WAN21 default model sampling uses 8.0
 TEXT_DIM = 4096
-SCHEDULERS = ("flow_unipc", "euler")
 
 
 # ---------------------------------------------------------------------------------------------- noise maths
@@ -240,76 +241,3 @@ def flow_matching_loss(dit, x0: torch.Tensor, context: torch.Tensor, reference: 
     if return_details:
         return loss, {"sigma": sigma, "noise": noise, "x_t": x_t, "pred": pred, "target": target}
     return loss
-
-
-# ---------------------------------------------------------------------------------------------- sampling
-def make_scheduler(name: str = "flow_unipc", shift: float = DEFAULT_SHIFT):
-    """A diffusers flow scheduler: ``'flow_unipc'`` (UniPC, flow prediction, as diffusers' Wan pipeline) or
-    ``'euler'`` (FlowMatchEulerDiscreteScheduler)."""
-    if shift <= 0:
-        raise InputError(f"shift: expected a positive number, got {shift}")
-    if name == "flow_unipc":
-        from diffusers import UniPCMultistepScheduler
-
-        return UniPCMultistepScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, prediction_type="flow_prediction",
-                                       use_flow_sigmas=True, flow_shift=float(shift), solver_order=2)
-    if name == "euler":
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=float(shift))
-    raise InputError(f"scheduler: unknown {name!r}; choose one of {list(SCHEDULERS)}")
-
-
-def _set_timesteps(sched, name: str, steps: int, device) -> None:
-    if name == "euler":
-        # sigmas 1 .. 1/steps, shifted once by the scheduler (its default grid would shift the end point twice)
-        sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, steps + 1)[:-1].tolist(), device=device)
-    else:
-        sched.set_timesteps(steps, device=device)
-
-
-@torch.no_grad()
-def sample(dit, noise: Union[torch.Tensor, tuple], context: torch.Tensor, reference: Optional[torch.Tensor] = None,
-           steps: int = 20, shift: float = DEFAULT_SHIFT, scheduler: str = "flow_unipc", guidance: float = 1.0,
-           negative_context: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-           progress: Optional[Callable[[int, int], None]] = None, motion=None, injector=None) -> torch.Tensor:
-    """Sample clean normalised latents ``[B, 16, T', h, w]`` starting from ``noise`` (a tensor, or a shape
-    tuple drawn with ``generator``).
-
-    The reference frame is appended (clean) at every step and never part of the result. ``guidance`` != 1 runs
-    the DiT a second time with ``negative_context`` (default :func:`zero_context`), motion and reference applied
-    to both passes (as the ComfyUI patch does). ``progress(step, steps)`` is called after every step; it may
-    raise to stop. The DiT's timestep is ``1000 * sigma`` of the scheduler's sigma at each step.
-    """
-    if isinstance(noise, (tuple, list, torch.Size)):
-        gen_device = generator.device if generator is not None else "cpu"
-        noise = torch.randn(tuple(noise), generator=generator, device=gen_device, dtype=torch.float32)
-    _check_latent(dit, noise, "noise")
-    if not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps: expected a positive integer, got {steps!r}")
-    b = noise.shape[0]
-    device = next(dit.parameters()).device
-    x = noise.to(device=device, dtype=torch.float32)
-    context = _prep_context(dit, context, b).to(device)
-    reference = _prep_reference(reference, x)
-    reference = None if reference is None else reference.to(device)
-    cfg = float(guidance) != 1.0
-    if cfg:
-        if negative_context is None:
-            negative_context = zero_context(b, context.shape[1], context.shape[2], device=device)
-        negative_context = _prep_context(dit, negative_context, b, "negative_context").to(device)
-    sched = make_scheduler(scheduler, shift)
-    _set_timesteps(sched, scheduler, steps, device)
-    n = len(sched.timesteps)
-    with motion_attached(dit, motion, injector):
-        for i, t in enumerate(sched.timesteps):
-            ts = sigma_to_timestep(sched.sigmas[i].to(device=device, dtype=torch.float32)).expand(b)
-            v = dit_forward(dit, x, ts, context, reference).float()
-            if cfg:
-                v_neg = dit_forward(dit, x, ts, negative_context, reference).float()
-                v = v_neg + float(guidance) * (v - v_neg)
-            kwargs = {"generator": generator} if scheduler == "euler" else {}
-            x = sched.step(v, t, x, return_dict=False, **kwargs)[0]
-            if progress is not None:
-                progress(i + 1, n)
-    return x
