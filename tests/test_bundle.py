@@ -9,8 +9,9 @@ from safetensors.torch import load_file, save_file
 
 from imanim_core.config import (BundleConfig, InjectorConfig, JointHeadConfig, MotionDecoderConfig,
                                 RetargeterConfig, TokenizerConfig)
+from imanim_core.describe import describe_file
 from imanim_core.errors import CheckpointError, IMAnimError, InputError
-from imanim_core.models.bundle import (IMAnimationBundle, describe_bundle, describe_file, load_bundle,
+from imanim_core.models.bundle import (IMAnimationBundle, describe_bundle, load_bundle,
                                        load_motion_tokens, save_bundle, save_motion_tokens)
 
 # tiny models only: single-threaded (see conftest.one_thread)

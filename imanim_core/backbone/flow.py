@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..defaults import DEFAULT_SHIFT  # Wan 2.1 T2V's own sample_shift (ComfyUI's WAN21 default sampling uses 8)
-from ..errors import IMAnimError, InputError
+from ..errors import InputError
+from ..models import injector as inj
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS", "DEFAULT_SHIFT", "TEXT_DIM",
@@ -148,10 +149,6 @@ def motion_attached(dit, motion=None, injector=None):
     if motion is None and injector is None:
         yield
         return
-    try:
-        from ..models import injector as inj
-    except ImportError as e:
-        raise IMAnimError(f"motion injection needs imanim_core.models.injector, which is not available: {e}") from e
     pe = dit.patch_embedding
     attached_here = False
     if injector is not None:

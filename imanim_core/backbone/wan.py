@@ -22,8 +22,11 @@ from typing import Mapping, Optional, Union
 
 import torch
 
+from ..checks import check_finite_weights
 from ..errors import CheckpointError, IMAnimError, InputError
+from ..io.atomic import save_safetensors
 from . import latents as _latents
+from .taehv import TinyVideoVAE
 from .convert import (
     DIT_ANCHOR,
     DIT_PREFIXES,
@@ -145,7 +148,6 @@ def build_vae(name_or_config_dict: Union[str, Mapping] = "tiny", dtype: Optional
     ``"tiny"`` is the TAEHV-layout :class:`~imanim_core.backbone.taehv.TinyVideoVAE` (same Wan 2.1 latent space)."""
     cfg = vae_config(name_or_config_dict)
     if _is_tiny_vae_config(cfg):
-        from .taehv import TinyVideoVAE
 
         model = TinyVideoVAE(cfg.get("latent_channels", 16))
     else:
@@ -275,12 +277,10 @@ def _load(path, kind_wanted: str, fmt: str, dtype, device):
         raise CheckpointError(f"{str(p)!r} is {_looks_like(kind, shapes)}, expected {what} "
                               f"(original Wan 2.1 layout, as ComfyUI loads it)")
     sd = _read_tensors(p, what, prefix)
-    from ..checks import check_finite_weights
 
     for k, v in sd.items():  # once per load, tensor by tensor (a NaN weight gives a NaN or black video)
         check_finite_weights(v, prefix + k, p, what + " file")
     if layout == "taehv":
-        from .taehv import TinyVideoVAE
 
         model = TinyVideoVAE()
         try:
@@ -342,7 +342,6 @@ def dit_state_dict(model) -> dict:
 
 
 def _atomic_save(tensors: dict, path, metadata: dict) -> Path:
-    from ..io.atomic import save_safetensors
 
     return save_safetensors(tensors, path, metadata)
 

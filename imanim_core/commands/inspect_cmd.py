@@ -62,7 +62,7 @@ def format_info(info: dict) -> str:
 
 
 def run(args) -> int:
-    from ..models.bundle import describe_file
+    from ..describe import describe_file
 
     info = describe_file(args.path)
     if args.json:

@@ -27,8 +27,13 @@ import torch.nn as nn
 from ..checks import check_finite, check_finite_weights
 from ..config import BundleConfig, TokenizerConfig
 from ..errors import CheckpointError, IMAnimError, InputError
-from .released import (_fmt_list, compare_layout, is_released_encoder, layout_problems,
-                       looks_like_released_encoder, read_safetensors_header, released_keys)
+from ..io.atomic import save_safetensors
+from .injector import MotionInjector
+from .motion_decoder import JointHead, MotionDecoder
+from .released import (_fmt_list, compare_layout, layout_problems, load_released_encoder,
+                       looks_like_released_encoder, read_safetensors_header)
+from .retargeter import Retargeter
+from .tokenizer import MotionTokenizer
 
 BUNDLE_FORMAT = "im-animation-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -39,21 +44,16 @@ _RESERVED_META = ("format", "format_version", "config")
 
 # --------------------------------------------------------------------------------------------------- parts
 def part_class(part: str):
-    """The module class of a bundle part (imported lazily: each part lives in its own module)."""
+    """The module class of a bundle part (each part lives in its own module)."""
     if part == "tokenizer":
-        from .tokenizer import MotionTokenizer
         return MotionTokenizer
     if part == "motion_decoder":
-        from .motion_decoder import MotionDecoder
         return MotionDecoder
     if part == "joint_head":
-        from .motion_decoder import JointHead
         return JointHead
     if part == "retargeter":
-        from .retargeter import Retargeter
         return Retargeter
     if part == "injector":
-        from .injector import MotionInjector
         return MotionInjector
     raise IMAnimError(f"unknown bundle part {part!r}; parts are {list(BundleConfig.PARTS)}")
 
@@ -122,7 +122,6 @@ class IMAnimationBundle:
 
 # ----------------------------------------------------------------------------------------- atomic writing
 def _atomic_save(tensors: dict, path, metadata: dict) -> Path:
-    from ..io.atomic import save_safetensors
 
     p = Path(path)
     if p.is_dir():
@@ -213,7 +212,6 @@ def load_bundle(path, device="cpu", dtype: torch.dtype = torch.float32) -> IMAni
             raise CheckpointError(f"{str(path)!r} is a motion-tokens file (the output of encode-motion), not model "
                                   f"weights; load it with load_motion_tokens / the Load Motion Tokens node")
         if fmt is None and looks_like_released_encoder({k: v for k, v in tensors.items()}):
-            from .released import load_released_encoder
 
             tok = load_released_encoder(path, dtype=dtype, device=device)
             b = IMAnimationBundle(config=BundleConfig(tokenizer=tok.cfg), tokenizer=tok, metadata=dict(meta),
@@ -287,112 +285,6 @@ def describe_bundle(bundle: IMAnimationBundle) -> dict:
                     "dtype": str(ps[0].dtype).replace("torch.", "") if ps else None}
     return {"parts": parts, "config": bundle.config.to_dict(), "source": bundle.source,
             "metadata": dict(bundle.metadata)}
-
-
-# ----------------------------------------------------------------------------------------- describe files
-def _detect_wan(keys) -> tuple:
-    """(kind or None, note). Uses backbone.wan.detect_wan_kind; only a missing module is tolerated."""
-    try:
-        from ..backbone.wan import detect_wan_kind
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("imanim_core.backbone"):
-            return None, "Wan detection unavailable (imanim_core.backbone.wan is missing)"
-        raise
-    return detect_wan_kind(list(keys)), ""
-
-
-_KIND_TEXT = {
-    "im-animation-bundle": "IM-Animation bundle",
-    "im-animation-motion-tokens": "IM-Animation motion tokens",
-    "released-motion-encoder": "released IM-Animation motion encoder (TiTok-style, loads as the 'large' tokenizer)",
-    "released-motion-encoder-damaged": "looks like the released motion encoder, but the layout does not match",
-    "wan_dit": "Wan DiT (original key layout)",
-    "wan_vae": "Wan VAE (original key layout)",
-    "unknown": "unknown safetensors file",
-}
-
-
-def describe_file(path) -> dict:
-    """What a weights file is, from its header only (no tensor data is read).
-
-    Returns a JSON-able dict: ``path``, ``size_bytes``, ``kind`` (``im-animation-bundle``,
-    ``im-animation-motion-tokens``, ``released-motion-encoder``, ``released-motion-encoder-damaged``, ``wan_dit``,
-    ``wan_vae`` or ``unknown``), ``description``, ``num_tensors``, ``num_params``, ``dtypes`` (count per dtype),
-    ``metadata`` (free entries), and per kind: ``format_version``, ``config``, ``parts`` ({part: {tensors,
-    params}}) for bundles; ``frames``/``tokens``/``fps`` for motion tokens; ``problems`` for a damaged released file;
-    ``notes``. Raises :class:`CheckpointError` for a missing or unreadable file.
-    """
-    p = Path(path)
-    meta, tensors = read_safetensors_header(p)
-    nparams = 0
-    dtypes: dict = {}
-    for dt, shape in tensors.values():
-        n = 1
-        for s in shape:
-            n *= s
-        nparams += n
-        dtypes[dt] = dtypes.get(dt, 0) + 1
-    info = {"path": str(p), "size_bytes": p.stat().st_size, "kind": "unknown", "num_tensors": len(tensors),
-            "num_params": nparams, "dtypes": dtypes, "notes": []}
-    fmt = meta.get("format")
-    free_meta = {k: v for k, v in meta.items()
-                 if k not in _RESERVED_META and not (fmt == TOKENS_FORMAT and k == "fps")}
-    if fmt == BUNDLE_FORMAT:
-        info["kind"] = "im-animation-bundle"
-        info["format_version"] = meta.get("format_version")
-        try:
-            _format_version(meta, p, "bundle", BUNDLE_FORMAT_VERSION)
-        except CheckpointError as e:
-            info["notes"].append(str(e))
-        try:
-            cfg = json.loads(meta.get("config", ""))
-            info["config"] = cfg
-            names = [k for k in BundleConfig.PARTS if isinstance(cfg, dict) and cfg.get(k) is not None]
-        except json.JSONDecodeError:
-            info["notes"].append("the config metadata is not valid JSON")
-            names = []
-        parts = {}
-        for k, (_dt, shape) in tensors.items():
-            part = k.partition(".")[0]
-            d = parts.setdefault(part, {"tensors": 0, "params": 0})
-            n = 1
-            for s in shape:
-                n *= s
-            d["tensors"] += 1
-            d["params"] += n
-        order = list(BundleConfig.PARTS)
-        info["parts"] = dict(sorted(parts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
-        missing = [n for n in names if n not in parts]
-        if missing:
-            info["notes"].append(f"config lists part(s) with no tensors: {missing}")
-    elif fmt == TOKENS_FORMAT:
-        info["kind"] = "im-animation-motion-tokens"
-        info["format_version"] = meta.get("format_version")
-        if "indices" in tensors:
-            shape = tensors["indices"][1]
-            info["frames"] = shape[0] if shape else 0
-            info["tokens"] = shape[1] if len(shape) > 1 else None
-        info["fps"] = float(meta["fps"]) if meta.get("fps") else None
-        try:
-            info["config"] = json.loads(meta.get("config", ""))
-        except json.JSONDecodeError:
-            info["notes"].append("the config metadata is not valid JSON")
-    else:
-        shapes = {k: v[1] for k, v in tensors.items()}
-        if is_released_encoder(shapes):
-            info["kind"] = "released-motion-encoder"
-        elif looks_like_released_encoder(shapes):
-            info["kind"] = "released-motion-encoder-damaged"
-            info["problems"] = layout_problems(compare_layout(shapes, released_keys()))
-        else:
-            kind, note = _detect_wan(tensors.keys())
-            if note:
-                info["notes"].append(note)
-            if kind in ("wan_dit", "wan_vae"):
-                info["kind"] = kind
-    info["description"] = _KIND_TEXT[info["kind"]]
-    info["metadata"] = free_meta
-    return info
 
 
 # ------------------------------------------------------------------------------------------ motion tokens
@@ -480,6 +372,6 @@ def load_motion_tokens(path) -> dict:
     return out
 
 
-__all__ = ["IMAnimationBundle", "save_bundle", "load_bundle", "describe_bundle", "describe_file", "build_part",
+__all__ = ["IMAnimationBundle", "save_bundle", "load_bundle", "describe_bundle", "build_part",
            "part_class", "save_motion_tokens", "load_motion_tokens", "check_motion_tokens", "BUNDLE_FORMAT",
            "BUNDLE_FORMAT_VERSION", "TOKENS_FORMAT", "TOKENS_FORMAT_VERSION"]

@@ -19,8 +19,10 @@ from typing import Mapping, Optional
 
 import torch
 
+from ..checks import check_finite_weights
 from ..config import TokenizerConfig
 from ..errors import CheckpointError
+from .tokenizer import MotionTokenizer
 
 # safetensors dtype names -> torch dtypes (float ones are loadable weights)
 _ST_DTYPES = {
@@ -198,9 +200,6 @@ def load_released_encoder(path, dtype: torch.dtype = torch.float32, device="cpu"
     eval mode.
     """
     from safetensors import safe_open
-
-    from ..checks import check_finite_weights
-    from .tokenizer import MotionTokenizer
 
     cfg = config or TokenizerConfig.preset("large")
     meta, tensors = read_safetensors_header(path)
