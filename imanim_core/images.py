@@ -163,12 +163,17 @@ def parse_size(text) -> Optional[tuple]:
     return hw
 
 
+def _off_grid(sides: dict):
+    """The name of the first side (``{name: px}``) that is not a positive multiple of :data:`GRID_PX`, else None."""
+    return next((n for n, v in sides.items() if v < GRID_PX or v % GRID_PX), None)
+
+
 def check_size(hw) -> tuple:
     h, w = int(hw[0]), int(hw[1])
-    for v, n in ((h, "height"), (w, "width")):
-        if v < GRID_PX or v % GRID_PX:
-            raise InputError(f"size: the video {n} must be a positive multiple of {GRID_PX} px (Wan: VAE x8 then "
-                             f"2x2 patches), got {h}x{w} (HxW)")
+    n = _off_grid({"height": h, "width": w})
+    if n:
+        raise InputError(f"size: the video {n} must be a positive multiple of {GRID_PX} px (Wan: VAE x8 then "
+                         f"2x2 patches), got {h}x{w} (HxW)")
     return h, w
 
 
@@ -211,10 +216,11 @@ def output_size(width: int, height: int, image_hw: tuple, bundle=None) -> tuple:
         w = _round16(h * iw / ih)
     elif not h:
         h = _round16(w * ih / iw)
-    for v, n in ((w, "width"), (h, "height")):
-        if v < GRID_PX or v % GRID_PX:
-            raise InputError(f"{n}: expected a positive multiple of {GRID_PX} px (Wan: VAE x8 then 2x2 patches), "
-                             f"got {v}")
+    sides = {"width": w, "height": h}
+    n = _off_grid(sides)
+    if n:
+        raise InputError(f"{n}: expected a positive multiple of {GRID_PX} px (Wan: VAE x8 then 2x2 patches), "
+                         f"got {sides[n]}")
     return w, h
 
 
