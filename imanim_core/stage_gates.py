@@ -140,7 +140,7 @@ def stage2_gates(bundle, vae, clips: int = 24, frames: int = 9, sigma: float = 1
 
     tok, ret, head = bundle.tokenizer, bundle.retargeter, bundle.joint_head
     samples = _puppet(2, frames, clips, cross=1.0)
-    errs, held, copied = [], [], []
+    errs, held, copied, moved = [], [], [], []
     for s in samples:
         h, w = s["frames"].shape[1:3]
         idl = identity_latent(vae, s["identity"][None])
@@ -155,11 +155,15 @@ def stage2_gates(bundle, vae, clips: int = 24, frames: int = 9, sigma: float = 1
         errs.append(_kp_err(pred, target))
         held.append(_kp_err(still, target))
         copied.append(_kp_err(drv, target))
+        # how much the predicted pose moves over the clip, against how much the target moves (0 = a still pose)
+        moved.append(float(pred.float().std(0).mean()) / max(float(target.float().std(0).mean()), 1e-8))
     err, b1, b2 = float(np.mean(errs)), float(np.mean(held)), float(np.mean(copied))
     base = min(b1, b2)
     return [_gate("stage2: cross-identity keypoint error (heatmap px)", err, err <= GATES["stage2_ratio"] * base,
                   f"<= {GATES['stage2_ratio']:.0%} of the better baseline", base,
-                  f"baselines: identity pose held {b1:.2f}, driver keypoints copied {b2:.2f}")]
+                  f"baselines: identity pose held {b1:.2f}, driver keypoints copied {b2:.2f}"),
+            _gate("stage2: predicted pose motion / target motion (temporal std of the heatmaps)",
+                  float(np.mean(moved)), None, "reported (0 = a still pose, 1 = moves as much as the target)")]
 
 
 def stage3_gates(report: dict, level: str = "large", motion_change: Optional[float] = None,

@@ -42,3 +42,21 @@ def test_stage3_gates_from_benchmark_rows():
     assert [g["pass"] for g in good] == [True, True, True, True, True]
     bad = G.stage3_gates({"results": rows(0.5, 20.0, 0.45, 0.6)}, "large", motion_change=1.0, motion_change_floor=2.0)
     assert [g["pass"] for g in bad] == [False, False, False, False, False]
+
+
+def test_stage2_gates_report_how_much_the_retargeted_pose_moves():
+    """The stage-2 motion row: 0 for a retargeter whose pose does not move, > 0 for the embedded one."""
+    from imanim_core.backbone.wan import load_vae
+    from imanim_core.models.bundle import load_bundle
+    from imanim_core.weights import BUNDLE_FILE, VAE_FILE
+
+    torch.manual_seed(0)
+    bundle, vae = load_bundle(BUNDLE_FILE), load_vae(VAE_FILE)
+    err, moved = G.stage2_gates(bundle, vae, clips=2, frames=5)
+    assert err["gate"].startswith("stage2: cross-identity") and err["baseline"] > 0
+    assert moved["pass"] is None and moved["value"] > 0.01, moved
+    ret = bundle.retargeter
+    still = SimpleNamespace(tokenizer=bundle.tokenizer, joint_head=bundle.joint_head,
+                            retargeter=lambda idl, codes: (lambda y: y[:, :1].expand_as(y))(ret(idl, codes)))
+    _, frozen = G.stage2_gates(still, vae, clips=2, frames=5)
+    assert frozen["value"] < 1e-4, frozen
