@@ -205,9 +205,9 @@ def _log_steps(log_csv: Path) -> list:
 
 def _run_child(cmd, cwd=None) -> tuple:
     """(returncode, wall seconds, CPU seconds, peak RSS bytes of the child) — from ``os.wait4``: the rusage of
-    exactly that process (and its waited-for children)."""
+    exactly that process (and its waited-for children). Its stdout goes to stderr: ``--json`` prints only JSON."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=cwd)
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=sys.stderr)
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     return p.returncode, time.perf_counter() - t0, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
