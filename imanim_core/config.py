@@ -138,6 +138,10 @@ class RetargeterConfig(_Base):
     # with these width/layers/heads/grid) turns the codes into the driver's joint tokens; they are added to the
     # mask tokens and, resampled to the output grid, are the output's residual base (proj_out starts at zero).
     driver_layers: int = 0
+    # code standardisation (False = the layout before it): each motion code is standardised per token index and
+    # channel with the mean / std of the codes the tokenizer gives on training data (buffers code_mean / code_std
+    # [K, d], set once when stage 2 starts) before motion_proj; the motion between frames is ~2 % of the code scale
+    code_norm: bool = False
     driver_width: int = 128
     driver_heads: int = 4
     driver_grid: int = 16

@@ -195,3 +195,29 @@ def test_driver_path_is_off_by_default_and_in_the_state_dict_when_on():
     assert Retargeter(CFG).driver is None and CFG.driver_layers == 0
     keys = Retargeter(DRV).state_dict().keys()
     assert any(k.startswith("driver.") for k in keys) and "driver_proj.weight" in keys
+
+
+# ------------------------------------------------------------------------------------------- code standardisation
+def test_code_norm_standardises_the_codes_and_is_saved():
+    from imanim_core.config import BundleConfig
+    from imanim_core.models.bundle import IMAnimationBundle, load_bundle, save_bundle
+
+    torch.manual_seed(0)
+    assert not CFG.code_norm and "code_mean" not in Retargeter(CFG).state_dict()  # old layout unchanged
+    with pytest.raises(InputError, match="without code_norm"):
+        Retargeter(CFG).set_code_stats(torch.randn(5, 4, 12))
+    norm, plain = Retargeter(CFG.replace(code_norm=True)).eval(), Retargeter(CFG).eval()
+    plain.load_state_dict({k: v for k, v in norm.state_dict().items() if not k.startswith("code_")})
+    lat, codes = _inputs(2, 3, 8, 12)
+    data = 0.3 + 0.01 * torch.randn(40, 4, 12)  # codes that barely move around an offset, like the tiny tokenizer's
+    norm.set_code_stats(data)
+    torch.testing.assert_close(norm.code_std, data.std(0))
+    with torch.no_grad():
+        torch.testing.assert_close(norm(lat, codes), plain(lat, (codes - data.mean(0)) / data.std(0)))
+    # the statistics travel with the bundle
+    b = IMAnimationBundle(config=BundleConfig(retargeter=norm.cfg), retargeter=norm)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        back = load_bundle(save_bundle(b, f"{d}/b.safetensors")).retargeter
+    torch.testing.assert_close(back.code_mean, norm.code_mean)
+    torch.testing.assert_close(back.code_std, norm.code_std)

@@ -406,3 +406,12 @@ def test_vae_stage_init_and_weights_the_character(tmp_path):
     module.fg_weight, module.loss = 0.0, "l1"  # --vae-loss l1
     plain_l1, terms = module(batch)
     assert float(plain_l1 - cfg.latent_reg_weight * terms["latent_reg"]) == pytest.approx(float(terms["l1"]), rel=1e-4)
+
+
+def test_stage2_code_norm_sets_the_statistics_from_the_data_and_exports_them(tmp_path):
+    from imanim_core.models.bundle import load_bundle
+
+    assert _run("stage2", tmp_path / "s2", max_steps=2, retargeter={"width": 32, "layers": 1, "code_norm": True}) == 0
+    ret = load_bundle(tmp_path / "s2" / "export" / "bundle.safetensors").retargeter
+    assert ret.cfg.code_norm
+    assert float(ret.code_mean.abs().sum()) > 0 and not torch.equal(ret.code_std, torch.ones_like(ret.code_std))

@@ -162,6 +162,9 @@ class Retargeter(nn.Module):
         self.proj_out = nn.Linear(w, cfg.out_dim)
         trunc_normal_(self.motion_pos)
         trunc_normal_(self.mask_token)
+        if cfg.code_norm:
+            self.register_buffer("code_mean", torch.zeros(cfg.num_motion_tokens, cfg.token_dim))
+            self.register_buffer("code_std", torch.ones(cfg.num_motion_tokens, cfg.token_dim))
         self.driver: Optional[MotionDecoder] = None
         if cfg.driver_layers > 0:
             # the driver's pose as a residual base: at the start the output *is* the driver's joint tokens at the
@@ -171,6 +174,16 @@ class Retargeter(nn.Module):
             self.driver_proj = nn.Linear(cfg.out_dim, w)
             nn.init.zeros_(self.proj_out.weight)
             nn.init.zeros_(self.proj_out.bias)
+
+    @torch.no_grad()
+    def set_code_stats(self, codes: torch.Tensor, min_std: float = 1e-3) -> None:
+        """code_norm: the per-token, per-channel mean / std of ``codes`` [..., K, d] (the tokenizer's codes on
+        training data) become the standardisation of :meth:`forward`."""
+        if not self.cfg.code_norm:
+            raise InputError("set_code_stats: this retargeter was built without code_norm")
+        c = codes.reshape(-1, *codes.shape[-2:]).float()
+        self.code_mean.copy_(c.mean(0))
+        self.code_std.copy_(c.std(0).clamp_min(min_std))
 
     # ----------------------------------------------------------------------------------------------- checks
     def _check(self, identity_latent, codes):
@@ -221,7 +234,10 @@ class Retargeter(nn.Module):
         codes = codes.to(dev, dtype)
         pos2d = sincos_2d(gh, gw, wd, device=dev, dtype=dtype)
         ident = self.identity_proj(_patchify(lat, cfg.patch_size)) + pos2d  # [B, N, W]
-        mot = self.motion_proj(codes) + self.motion_pos  # [B, T, K, W]
+        if cfg.code_norm:
+            mot = self.motion_proj((codes - self.code_mean.to(dtype)) / self.code_std.to(dtype)) + self.motion_pos
+        else:
+            mot = self.motion_proj(codes) + self.motion_pos  # [B, T, K, W]
         mask = (self.mask_token + pos2d)[None, None].expand(b, t, n, wd)
         base = None
         if self.driver is not None:

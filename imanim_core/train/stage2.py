@@ -134,7 +134,21 @@ class Stage2(Stage):
         if not self.dry:
             module.to(self.device)
             self.source = make_source(cfg, 2, cfg.num_frames, fps=CLIP_FPS)
+            if ret_cfg.code_norm and "retargeter" not in self.loaded:
+                self._code_stats(module)
         return module
+
+    def _code_stats(self, module, batches: int = 8) -> None:
+        """code_norm: the codes' statistics over a few training batches (far from the samples the run starts on)."""
+        codes = []
+        with torch.no_grad():
+            for i in range(batches):
+                b = self.load_batch(torch.Generator().manual_seed(i), 10_000_000 + i * self.cfg.batch_size)
+                codes.append(module.codes(b["pixels"].to(self.device))[0].cpu())
+        module.retargeter.set_code_stats(torch.cat(codes))
+        std = module.retargeter.code_std
+        self.log(f"stage 2: code_norm from {sum(c.shape[0] * c.shape[1] for c in codes)} frames: code std per "
+                 f"token/channel {float(std.min()):.4f}..{float(std.max()):.4f}")
 
     def param_groups(self) -> list:
         m, cfg = self.module, self.cfg
