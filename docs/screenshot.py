@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,21 +60,12 @@ def main(argv=None) -> int:
     base = Path(tempfile.mkdtemp(prefix="imanim_shot_"))
     (base / "custom_nodes").mkdir()
     os.symlink(REPO, base / "custom_nodes" / browser.PACK, target_is_directory=True)
-    port = harness._free_port()
-    log = open(base / "comfyui.log", "w")
-    proc = subprocess.Popen([harness.comfy_python(), str(REPO / "tests" / "comfyui" / "launch.py"), str(comfy),
-                             "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base)],
-                            cwd=str(comfy), stdout=log, stderr=subprocess.STDOUT, env=harness.subprocess_env())
-    url = f"http://127.0.0.1:{port}"
+    client = harness.launch(base)
+    url = client.url
     try:
-        for _ in range(480):
-            try:
-                urllib.request.urlopen(url + "/object_info", timeout=5).read()
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.5)
-        else:
-            print("ComfyUI did not start; see", base / "comfyui.log", file=sys.stderr)
+        why = harness.start_error(client)
+        if why:
+            print(why, file=sys.stderr)
             return 1
         from PIL import Image
 
@@ -103,11 +93,7 @@ def main(argv=None) -> int:
                 print(f"wrote {shot.relative_to(REPO)}, {jpg.relative_to(REPO)}")
         return 0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        harness.stop_server(client)
 
 
 if __name__ == "__main__":

@@ -195,39 +195,8 @@ class Events(threading.Thread):
             self.ready.set()
 
 
-def start_server(base: Path):
-    port = harness._free_port()
-    logf = base / "comfyui.log"
-    cmd = [harness.comfy_python(), str(HERE / "launch.py"), str(harness.comfy_dir()), "--cpu", "--listen",
-           "127.0.0.1", "--port", str(port), "--base-directory", str(base), "--disable-api-nodes",
-           "--preview-method", "none", "--disable-auto-launch"]
-    with open(logf, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=str(harness.comfy_dir()),
-                                start_new_session=True, env=harness.subprocess_env())
-    client = harness.Client(f"http://127.0.0.1:{port}", base, proc, logf)
-    t0 = time.time()
-    while not client.alive():
-        if proc.poll() is not None or time.time() - t0 > harness.START_TIMEOUT:
-            stop_server(client)
-            raise SystemExit(f"ComfyUI did not start:\n{harness.tail(logf)}")
-        time.sleep(0.5)
-    client.start_seconds = time.time() - t0
-    return client
-
-
-def stop_server(client) -> None:
-    proc = client.proc
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def run_workflow(base: Path, files: dict, weight_dtype: str, timeout: float) -> dict:
-    client = start_server(base)
+    client = harness.start_server(base)
     rss = RssSampler(client.proc.pid)
     rss.start()
     try:
@@ -270,7 +239,7 @@ def run_workflow(base: Path, files: dict, weight_dtype: str, timeout: float) -> 
                 "decoded_frames": shape, "log": harness.tail(client.log, 40) if not ok else None}
     finally:
         rss.stop.set()
-        stop_server(client)
+        harness.stop_server(client)
 
 
 def check_outputs(base: Path, weight_dtype: str) -> dict:

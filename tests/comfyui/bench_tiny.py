@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -86,21 +85,8 @@ def bench_workflow(runs: int) -> None:
     base = Path(tempfile.mkdtemp(prefix="imanim_bench_"))
     (base / "custom_nodes").mkdir()
     os.symlink(REPO, base / "custom_nodes" / "comfyui-im-animation", target_is_directory=True)
-    port = harness._free_port()
-    log = base / "comfyui.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen([harness.comfy_python(), str(HERE / "launch.py"), str(harness.comfy_dir()), "--cpu",
-                                 "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
-                                 "--disable-api-nodes", "--preview-method", "none"],
-                                cwd=str(harness.comfy_dir()), stdout=f, stderr=subprocess.STDOUT,
-                                env=harness.subprocess_env(), start_new_session=True)
-    client = harness.Client(f"http://127.0.0.1:{port}", base, proc, log)
+    client = harness.start_server(base)
     try:
-        t0 = time.time()
-        while not client.alive():
-            if proc.poll() is not None or time.time() - t0 > 300:
-                raise SystemExit(f"ComfyUI did not start:\n{harness.tail(log)}")
-            time.sleep(0.5)
         wf = json.loads((REPO / "workflows" / "tiny_puppet_demo.json").read_text())
         prompt = ui_to_api(wf, client.object_info)
         sampler = next(k for k, v in prompt.items() if v["class_type"] == "IMAnimationSampler")
@@ -115,11 +101,7 @@ def bench_workflow(runs: int) -> None:
                 ts.append(secs)
         print(f"tiny_puppet_demo workflow (128x128, 17 frames, 20 steps, 3 videos saved): {stats(ts)}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        harness.stop_server(client)
 
 
 def main(argv=None) -> int:

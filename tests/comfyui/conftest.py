@@ -17,14 +17,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (HERE, MIN_VERSION, REPO, START_TIMEOUT, Client, _free_port, _version,  # noqa: E402
-                     comfy_dir, comfy_python, subprocess_env, tail, unavailable)
+from harness import (HERE, MIN_VERSION, REPO, _version, comfy_dir, comfy_python, launch,  # noqa: E402
+                     start_error, stop_server, subprocess_env, unavailable)
 
 
 # opt-in files, not collected by default (a skip here would fail CI, see the module docstring)
@@ -61,30 +60,11 @@ def model_files(base_dir, comfyui_path) -> dict:
 
 @pytest.fixture(scope="session")
 def server(comfyui_path, base_dir, model_files):
-    port = _free_port()
-    log = base_dir / "comfyui.log"
-    cmd = [comfy_python(), str(HERE / "launch.py"), str(comfyui_path), "--cpu", "--listen", "127.0.0.1",
-           "--port", str(port), "--base-directory", str(base_dir), "--disable-api-nodes",
-           "--preview-method", "none", "--disable-auto-launch"]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=str(comfyui_path),
-                                start_new_session=True, env=subprocess_env())
-    client = Client(f"http://127.0.0.1:{port}", base_dir, proc, log)
+    client = launch(base_dir)  # harness.launch: comfy_dir() is comfyui_path
     try:
-        t0 = time.time()
-        while not client.alive():
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited during start-up (code {proc.returncode}):\n{tail(log)}")
-            if time.time() - t0 > START_TIMEOUT:
-                pytest.fail(f"ComfyUI did not serve within {START_TIMEOUT}s:\n{tail(log)}")
-            time.sleep(0.5)
-        client.start_seconds = time.time() - t0
+        why = start_error(client)
+        if why:
+            pytest.fail(why)
         yield client
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_server(client)

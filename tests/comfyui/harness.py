@@ -105,6 +105,55 @@ class Client:
         return h, time.time() - t0
 
 
+def launch(base: Path) -> Client:
+    """Start ComfyUI's main.py headless on CPU (``launch.py``) on a free localhost port, ``--base-directory`` =
+    ``base`` (its custom_nodes/ links this repo), log in ``base/comfyui.log``; returns at once (see
+    :func:`start_error`)."""
+    port = _free_port()
+    log = base / "comfyui.log"
+    cmd = [comfy_python(), str(HERE / "launch.py"), str(comfy_dir()), "--cpu", "--listen", "127.0.0.1",
+           "--port", str(port), "--base-directory", str(base), "--disable-api-nodes",
+           "--preview-method", "none", "--disable-auto-launch"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=str(comfy_dir()),
+                                start_new_session=True, env=subprocess_env())
+    return Client(f"http://127.0.0.1:{port}", base, proc, log)
+
+
+def start_error(client: Client):
+    """Wait until the server answers; None, or why it did not start (with its log). Sets ``start_seconds``."""
+    t0 = time.time()
+    while not client.alive():
+        if client.proc.poll() is not None:
+            return f"ComfyUI exited during start-up (code {client.proc.returncode}):\n{tail(client.log)}"
+        if time.time() - t0 > START_TIMEOUT:
+            return f"ComfyUI did not serve within {START_TIMEOUT}s:\n{tail(client.log)}"
+        time.sleep(0.5)
+    client.start_seconds = time.time() - t0
+    return None
+
+
+def start_server(base: Path) -> Client:
+    """:func:`launch` + wait; a server that does not start is stopped and reported (SystemExit)."""
+    client = launch(base)
+    why = start_error(client)
+    if why:
+        stop_server(client)
+        raise SystemExit(why)
+    return client
+
+
+def stop_server(client: Client) -> None:
+    proc = client.proc
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def unavailable(reason: str):
     """Skip outside CI; fail in CI (``CI=true``), where the real-ComfyUI tests must run."""
     import pytest
