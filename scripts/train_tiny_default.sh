@@ -5,9 +5,10 @@
 #   scripts/train_tiny_default.sh [RUN_DIR]        (default RUN_DIR: runs/tiny)
 #
 # Schedule (two single-thread processes side by side; on 2 cores that beats one 2-thread process):
-#   phase A:  train vae (the TAEHV-layout tiny VAE: 9-frame clips, 64-px crops, bf16)  ||  train stage1
-#   phase B:  train stage2 -> stage3  ||  skeleton baseline (the explicit control of `eval`, same stage-3 recipe
-#                                         and the same number of steps as stage 3)
+#   phase A:  train vae (the TAEHV-layout tiny VAE from its colour-path init: 9-frame clips, 64-px crops, bf16, MSE)
+#             ||  train stage1
+#   phase B:  train stage2 (driver-pose path + identity-pose loss) -> stage3 (batch 8, retargeter frozen)
+#             ||  skeleton baseline (the explicit control of `eval`, same stage-3 recipe and steps as stage 3)
 #   then:     install (fp16; the VAE keeps decoder.1.weight fp32) and `eval --stages` (DIR/eval/gates.md)
 # Step counts are set by the variables below (the defaults are what the shipped model used; see
 # imanim_core/weights/TRAINING.md for its losses and times). STEPS_SCALE=0.01 gives a quick smoke run.
@@ -16,10 +17,10 @@ cd "$(dirname "$0")/.."
 RUN=${1:-runs/tiny}
 SCALE=${STEPS_SCALE:-1}
 steps() { python3 -c "import sys; print(max(2, int(round($1 * $SCALE))))"; }
-VAE_STEPS=$(steps ${VAE_STEPS:-1850})
+VAE_STEPS=$(steps ${VAE_STEPS:-2000})
 S1_STEPS=$(steps ${S1_STEPS:-1200})
-S2_STEPS=$(steps ${S2_STEPS:-342})
-S3_STEPS=$(steps ${S3_STEPS:-1500})
+S2_STEPS=$(steps ${S2_STEPS:-600})
+S3_STEPS=$(steps ${S3_STEPS:-2500})
 SEED=${SEED:-0}
 PY=${PY:-.venv/bin/python}
 COMMON=(--preset tiny-puppet --seed "$SEED" --threads 1 --log-every 25)

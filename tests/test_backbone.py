@@ -346,3 +346,33 @@ def test_describe_wan_on_key_list_and_header(dit, tmp_path):
     assert (info["dim"], info["heads"], info["layers"], info["params"]) == (256, 2, 4, TINY_DIT_PARAMS)
     assert info["params"] == sum(math.prod(v.shape) for v in o.values())
     assert convert.describe_wan({"x": torch.zeros(1)}) == {"kind": None, "layout": None}
+
+
+def test_a_fresh_tiny_video_vae_starts_with_exact_block_colours():
+    """TinyVideoVAE.init_for_training builds a colour path: before any training, a flat clip comes back in its own
+    colour (the v2 VAE, trained without it, decoded a green going 0.2 -> 0.7 as 0.34 -> 0.39), and a clip comes
+    back as its 8x8-block means (nearest-neighbour upsampled) apart from the small random detail channels."""
+    import torch.nn.functional as F
+
+    from imanim_core.backbone.taehv import COLOUR_GAIN, COLOUR_LATENTS, TinyVideoVAE
+
+    torch.manual_seed(0)
+    v = TinyVideoVAE()
+    v.init_for_training(latents.LATENTS_MEAN)
+    v.eval()
+    for colour in [(0.4, 0.2, 0.3), (0.4, 0.7, 0.3), (0.9, 0.1, 0.6)]:
+        x = torch.tensor(colour).view(1, 3, 1, 1, 1).expand(1, 3, 5, 32, 32) * 2 - 1
+        with torch.no_grad():
+            y = (v.decode_raw(v.encode_raw(x)) + 1) / 2
+        inner = y[0, :, :, 8:24, 8:24].mean((1, 2, 3))
+        assert torch.allclose(inner, torch.tensor(colour), atol=0.06), (colour, inner)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 1, 4, 4, generator=g).repeat_interleave(8, 3).repeat_interleave(8, 4).expand(1, 3, 5, 32, 32)
+    with torch.no_grad():
+        z = v.encode_raw(x * 2 - 1)
+        y = (v.decode_raw(z) + 1) / 2
+    blocks = F.avg_pool2d(x[0, :, 0], 8)
+    mean = torch.tensor(latents.LATENTS_MEAN)[list(COLOUR_LATENTS)].view(3, 1, 1)
+    colour = (z[0, list(COLOUR_LATENTS), 0] - mean) / COLOUR_GAIN + 0.5  # the colour latents: the block means
+    assert torch.allclose(colour, blocks, atol=1e-4)
+    assert (y[0, :, -1, 10:22, 10:22] - x[0, :, 0, 10:22, 10:22]).abs().mean() < 0.08

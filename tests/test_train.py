@@ -415,3 +415,58 @@ def test_stage2_code_norm_sets_the_statistics_from_the_data_and_exports_them(tmp
     ret = load_bundle(tmp_path / "s2" / "export" / "bundle.safetensors").retargeter
     assert ret.cfg.code_norm
     assert float(ret.code_mean.abs().sum()) > 0 and not torch.equal(ret.code_std, torch.ones_like(ret.code_std))
+
+
+def test_stage2_identity_pose_loss_reads_the_identity_pose_from_its_path(tmp_path):
+    """--identity-pose-weight: the identity tokens (after the identity blocks, through the shared output projection)
+    are decoded by the joint head against the identity's own pose; the term is logged and trains."""
+    from imanim_core.config import RetargeterConfig
+    from imanim_core.models.retargeter import Retargeter
+
+    ret = Retargeter(RetargeterConfig(width=32, layers=1, token_dim=12, num_motion_tokens=32, out_dim=64))
+    out, ident = ret(torch.randn(2, 16, 1, 4, 4), torch.randn(2, 3, 32, 12), return_identity=True)
+    assert out.shape == (2, 3, 2, 2, 64) and ident.shape == (2, 1, 2, 2, 64)
+    ret_small = {"width": 32, "layers": 1}
+    assert _run("stage2", tmp_path / "aux", max_steps=3, retargeter=ret_small, identity_pose_weight=1.0) == 0
+    rows = _log(tmp_path / "aux")
+    assert all(float(r["identity_pose"]) > 0 for r in rows)
+    assert _run("stage2", tmp_path / "plain", max_steps=3, retargeter=ret_small) == 0
+    plain = _log(tmp_path / "plain")
+    assert "identity_pose" not in plain[0]
+    # the same first batch: the heatmap term is the same, the loss adds the identity term
+    assert float(rows[0]["heatmap"]) == pytest.approx(float(plain[0]["heatmap"]), rel=1e-5)
+    assert float(rows[0]["loss"]) == pytest.approx(float(plain[0]["loss"]) + float(rows[0]["identity_pose"]), rel=1e-4)
+
+
+def test_stage3_caches_the_frozen_retargeters_tokens(tmp_path):
+    """Retargeter frozen (the tiny preset): frozen_outputs keeps its tokens, not the codes, and they are exactly
+    what the retargeter gives; with the retargeter training, the codes are kept and the heatmap term is logged."""
+    from imanim_core.train.stage3 import Stage3
+
+    seen = []
+
+    class Watching(Stage3):
+        def frozen_outputs(self, batch):
+            out = super().frozen_outputs(batch)
+            seen.append((self, batch, {k: v.clone() for k, v in out.items()}))
+            return out
+
+    cfg = resolve_config("stage3", overrides=dict(SMALL, **STAGE_SMALL["stage3"], max_steps=2, sample_pool=2,
+                                                  out=str(tmp_path / "frozen")))
+    assert cfg.retargeter_lr_scale == 0
+    assert run_training(cfg, Watching) == 0
+    stage, batch, out = seen[0]
+    assert "tokens" in out and "codes" not in out
+    assert "heatmap" not in _log(tmp_path / "frozen")[0]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        px = batch["pixels"]
+        codes = stage.module.tokenizer.encode(px.flatten(0, 1))["codes"].reshape(*px.shape[:2], 32, 12)
+        want = stage.module.retargeter(out["reference"], codes).float()
+    assert torch.allclose(out["tokens"], want, atol=1e-2, rtol=1e-2)
+    seen.clear()
+    cfg = resolve_config("stage3", overrides=dict(SMALL, **STAGE_SMALL["stage3"], max_steps=2, sample_pool=2,
+                                                  retargeter_lr_scale=0.1, out=str(tmp_path / "trains")))
+    assert run_training(cfg, Watching) == 0
+    stage, batch, out = seen[0]
+    assert "codes" in out and "tokens" not in out
+    assert "heatmap" in _log(tmp_path / "trains")[0]

@@ -220,7 +220,10 @@ class Retargeter(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(self, identity_latent: torch.Tensor, codes: torch.Tensor,
-                frame_chunk: Optional[int] = None) -> torch.Tensor:
+                frame_chunk: Optional[int] = None, return_identity: bool = False):
+        """-> retargeted tokens ``[B, T, h/p, w/p, out_dim]``; with ``return_identity`` also the identity tokens after
+        the identity blocks through the same output projection, ``[B, 1, h/p, w/p, out_dim]`` (stage 2's identity-pose
+        auxiliary loss reads them with the joint head: the identity's own pose must be readable from its path)."""
         cfg = self.cfg
         lat, (gh, gw) = self._check(identity_latent, codes)
         chunk = frame_chunk if frame_chunk is not None else self.frame_chunk
@@ -275,7 +278,10 @@ class Retargeter(nn.Module):
         out = self.proj_out(self.ln_post(x[:, :, k:]))
         if base is not None:
             out = out + base
-        return out.reshape(b, t, gh, gw, cfg.out_dim)
+        out = out.reshape(b, t, gh, gw, cfg.out_dim)
+        if return_identity:
+            return out, self.proj_out(self.ln_post(ident)).reshape(b, 1, gh, gw, cfg.out_dim)
+        return out
 
     # ------------------------------------------------------------------------------------------------- cost
     @staticmethod

@@ -60,13 +60,16 @@ _FLAGS = [
     ("--cross-identity-prob", "cross_identity_prob", float, "puppet world: share of exact cross-identity pairs"),
     ("--encoder-lr-scale", "encoder_lr_scale", float, "stages 2/3: tokenizer encoder lr = lr * this (0 = frozen)"),
     ("--joint-head-lr-scale", "joint_head_lr_scale", float, "stage 2: joint head lr = lr * this (0 = frozen)"),
-    ("--retargeter-lr-scale", "retargeter_lr_scale", float, "stage 3: retargeter lr = lr * this (0 = frozen)"),
+    ("--identity-pose-weight", "identity_pose_weight", float, "stage 2: weight of the identity-pose auxiliary loss "
+                                                               "(the identity's own pose read from its path; 0 = off)"),
+    ("--retargeter-lr-scale", "retargeter_lr_scale", float, "stage 3: retargeter lr = lr * this (0 = frozen; "
+                                                             "tiny: 0, its tokens are then cached in the pool)"),
     ("--dit-training", "dit_training", str, "stage 3: full | adapter (injector only) | lora"),
     ("--lora-rank", "lora_rank", int, "stage 3: LoRA rank on the DiT attention (> 0 turns LoRA on; needs peft)"),
     ("--lora-alpha", "lora_alpha", float, "stage 3: LoRA alpha (default = rank)"),
     ("--end-to-end", "end_to_end", None, "stage 3: also train the retargeter and the motion encoder"),
     ("--sample-pool", "sample_pool", int, "stage3: cycle through N samples and cache their VAE latents and codes "
-                                         "(0 = every sample new; tiny preset: 1024)"),
+                                         "(0 = every sample new; tiny preset: 2048)"),
     ("--kl-weight", "kl_weight", float, "vae: weight of the KL term of the normalised posterior (tiny: 1e-5)"),
     ("--vae-fg-weight", "vae_fg_weight", float, "vae: extra loss weight on character pixels (masks; tiny: 4)"),
     ("--vae-loss", "vae_loss", str, "vae: reconstruction loss, l1 or mse (tiny: mse)"),

@@ -125,6 +125,8 @@ def collate_clips(samples: list) -> dict:
     keys = ["frames", "keypoints", "visibility"]
     if "identity" in samples[0]:
         keys += ["identity", "target", "target_keypoints", "target_visibility"]
+        if all("identity_keypoints" in s for s in samples):
+            keys += ["identity_keypoints", "identity_visibility"]
     return collate(samples, keys)
 
 

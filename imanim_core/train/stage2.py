@@ -39,11 +39,12 @@ def encoder_parameters(tokenizer) -> list:
 
 class RetargetModule(nn.Module):
     def __init__(self, tokenizer, retargeter, joint_head, encoder_trains: bool, heatmap_weight=1.0,
-                 fg_weight=10.0, vq_weight=1.0):
+                 fg_weight=10.0, vq_weight=1.0, identity_pose_weight=0.0):
         super().__init__()
         self.tokenizer, self.retargeter, self.joint_head = tokenizer, retargeter, joint_head
         self.encoder_trains = encoder_trains
         self.heatmap_weight, self.fg_weight, self.vq_weight = heatmap_weight, fg_weight, vq_weight
+        self.identity_pose_weight = identity_pose_weight
 
     def codes(self, pixels: torch.Tensor):
         """pixels [B,T,3,S,S] -> (codes [B,T,K,d], vq loss)."""
@@ -54,13 +55,21 @@ class RetargetModule(nn.Module):
 
     def forward(self, batch):
         codes, vq = self.codes(batch["pixels"])
-        tokens = self.retargeter(batch["identity_latent"], codes)
+        aux = self.identity_pose_weight > 0 and "identity_heatmaps" in batch
+        tokens = self.retargeter(batch["identity_latent"], codes, return_identity=aux)
+        if aux:
+            tokens, ident = tokens
         hm = self.joint_head(tokens)
         l_hm = weighted_heatmap_mse(hm, batch["heatmaps"], self.fg_weight)
         loss = self.heatmap_weight * l_hm
+        terms = {"heatmap": l_hm.detach(), "kp_err": keypoint_error(hm.detach(), batch["heatmaps"])}
+        if aux:  # the identity's own pose, read from the identity path (see Retargeter.forward)
+            l_id = weighted_heatmap_mse(self.joint_head(ident), batch["identity_heatmaps"], self.fg_weight)
+            loss = loss + self.identity_pose_weight * l_id
+            terms["identity_pose"] = l_id.detach()
         if self.encoder_trains:
             loss = loss + self.vq_weight * vq
-        return loss, {"heatmap": l_hm.detach(), "kp_err": keypoint_error(hm.detach(), batch["heatmaps"])}
+        return loss, terms
 
 
 def load_frozen_vae(cfg, device, dry: bool):
@@ -128,7 +137,7 @@ class Stage2(Stage):
         parts["joint_head"].requires_grad_(cfg.joint_head_lr_scale > 0)
         self.motion_decoder = parts["motion_decoder"].requires_grad_(False)  # exported as is, not trained
         module = RetargetModule(tok, parts["retargeter"], parts["joint_head"], self.encoder_trains,
-                                cfg.heatmap_weight, cfg.heatmap_fg_weight, cfg.vq_weight)
+                                cfg.heatmap_weight, cfg.heatmap_fg_weight, cfg.vq_weight, cfg.identity_pose_weight)
         self.vae, self.vae_path = load_frozen_vae(cfg, self.device, self.dry)
         self.grid = (cfg.height // 16, cfg.width // 16)
         if not self.dry:
@@ -182,9 +191,13 @@ class Stage2(Stage):
                               f"{tuple(b['identity'].shape[1:3])} identity images, expected {cfg.height}x{cfg.width}")
         s = self.bundle_config.tokenizer.image_size
         pixels = preprocess_frames(frames.flatten(0, 1), s).reshape(bsz, t, 3, s, s)
-        hm = frame_heatmaps(b["target_keypoints"], b["target_visibility"], h, w, self.grid,
-                            self.bundle_config.joint_head.upsample, cfg.heatmap_sigma)
-        return {"pixels": pixels, "identity": b["identity"], "heatmaps": hm}
+        up = self.bundle_config.joint_head.upsample
+        hm = frame_heatmaps(b["target_keypoints"], b["target_visibility"], h, w, self.grid, up, cfg.heatmap_sigma)
+        out = {"pixels": pixels, "identity": b["identity"], "heatmaps": hm}
+        if cfg.identity_pose_weight > 0 and "identity_keypoints" in b:
+            out["identity_heatmaps"] = frame_heatmaps(b["identity_keypoints"][:, None], b["identity_visibility"][:, None],
+                                                      h, w, self.grid, up, cfg.heatmap_sigma)
+        return out
 
     def prepare(self, batch):
         batch["identity_latent"] = identity_latent(self.vae, batch.pop("identity"))
