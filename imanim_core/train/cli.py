@@ -69,7 +69,7 @@ _FLAGS = [
     ("--lora-alpha", "lora_alpha", float, "stage 3: LoRA alpha (default = rank)"),
     ("--end-to-end", "end_to_end", None, "stage 3: also train the retargeter and the motion encoder"),
     ("--sample-pool", "sample_pool", int, "stage3: cycle through N samples and cache their VAE latents and codes "
-                                         "(0 = every sample new; tiny preset: 2048)"),
+                                         "(0 = every sample new; tiny preset: 1024)"),
     ("--kl-weight", "kl_weight", float, "vae: weight of the KL term of the normalised posterior (tiny: 1e-5)"),
     ("--vae-fg-weight", "vae_fg_weight", float, "vae: extra loss weight on character pixels (masks; tiny: 4)"),
     ("--vae-loss", "vae_loss", str, "vae: reconstruction loss, l1 or mse (tiny: mse)"),

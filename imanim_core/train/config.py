@@ -219,16 +219,15 @@ _TINY = {
     "vae": dict(batch_size=4, num_frames=9, lr=1e-3, warmup_steps=50, max_steps=2000, ckpt_every=250,
                 vae_fg_weight=4.0, vae_crop=64, mixed_precision="bf16", latent_reg_weight=0.01, vae_loss="mse"),
     "stage1": dict(batch_size=16, lr=5e-4, warmup_steps=100, max_steps=6000, ckpt_every=500),
-    # a width-128 retargeter (4x cheaper than the RetargeterConfig default; stage 3 takes it from --init)
-    # (the shipped v2 recipe; the v3 candidates --vae-loss mse and retargeter {driver_layers: 4} are opt-in until a
-    # run shows they pass more gates, see imanim_core/weights/TRAINING.md)
+    # a width-128 retargeter (4x cheaper than the RetargeterConfig default; stage 3 takes it from --init) with the
+    # driver-pose path (v3; v2's retargeter without it output one still pose whatever the driver, motion ratio 0.03)
     "stage2": dict(batch_size=4, num_frames=9, lr=3e-4, warmup_steps=100, max_steps=3000, ckpt_every=500,
-                   retargeter={"width": 128}),
+                   retargeter={"width": 128, "driver_layers": 4}),
     # a pool of 1024 clips whose VAE latents are cached (the VAE is ~3/4 of an uncached step on a CPU)
     # batch 8 with the retargeter frozen (its tokens are cached in the pool with the latents): ~11 samples/s on
     # one core against ~3 with batch 2 and the retargeter training (its backward was 2/3 of a step)
     "stage3": dict(batch_size=8, num_frames=9, lr=3e-4, warmup_steps=100, max_steps=4000, ckpt_every=500,
-                   sample_pool=2048, dit_training="full", retargeter_lr_scale=0.0,
+                   sample_pool=1024, dit_training="full", retargeter_lr_scale=0.0,
                    retargeter={"width": 128},
                    mixed_precision="bf16"),  # bf16 autocast: 1.7x faster steps on this CPU (measured, same loss)
 }

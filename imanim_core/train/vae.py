@@ -12,7 +12,12 @@ is the likely cause, not a proven one). Trained on random 64-px crops
 (``--vae-crop``) in bf16 autocast. Why MSE (measured): overfitting one fixed batch of 4 images, L1 reached
 21.6 dB after 200 steps and MSE 26.8 dB (36 dB after 400 at lr 1e-3); on puppet clips MSE was ~1 dB ahead of
 L1 at equal steps early on. PSNR is what the gates measure, and L1 spends its gradient on the many background
-pixels that are already almost right. MSE needs the warm-up: at lr 2e-3 without one a fresh VAE diverged. The rest of this docstring describes the Wan 2.1 structure.
+pixels that are already almost right. MSE needs the warm-up: at lr 2e-3 without one a fresh VAE diverged.
+A fresh tiny VAE starts from :meth:`TinyVideoVAE.init_for_training`, whose colour path makes it an exact
+"8x8-block colour" autoencoder before any step (24.3 dB whole frame on the held-out clips at step 0, against
+23.9 dB for v2 after 1850 steps; v2 had learned almost no colour: a flat green going 0.2 -> 0.7 decoded as
+0.34 -> 0.39). On training crops it passed v2's final 20.1 dB within 125 steps.
+The rest of this docstring describes the Wan 2.1 structure.
 
 Clips of ``num_frames`` = 1 + 4n frames (default 5) at ``height x width`` (default 128 x 128), values in [-1, 1].
 Loss: ``weighted L1(reconstruction, clip) + kl_weight * KL``, where the KL is taken for the **normalised** posterior
