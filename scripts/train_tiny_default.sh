@@ -19,8 +19,8 @@ SCALE=${STEPS_SCALE:-1}
 steps() { python3 -c "import sys; print(max(2, int(round($1 * $SCALE))))"; }
 VAE_STEPS=$(steps ${VAE_STEPS:-2000})
 S1_STEPS=$(steps ${S1_STEPS:-1200})
-S2_STEPS=$(steps ${S2_STEPS:-600})
-S3_STEPS=$(steps ${S3_STEPS:-2500})
+S2_STEPS=$(steps ${S2_STEPS:-500})
+S3_STEPS=$(steps ${S3_STEPS:-2000})
 SEED=${SEED:-0}
 PY=${PY:-.venv/bin/python}
 COMMON=(--preset tiny-puppet --seed "$SEED" --threads 1 --log-every 25)

@@ -16,6 +16,7 @@ DEMO_STEPS = 20
 
 
 def add_arguments(parser):
+    from ..defaults import TINY_OVERLAP, TINY_WINDOW
     from .animate import add_common_model_arguments, add_sampling_arguments
 
     parser.description = __doc__.split("\n\n")[1].replace("\n", " ")
@@ -23,7 +24,7 @@ def add_arguments(parser):
     parser.add_argument("--seconds", type=float, default=3.0, help="length of the driving video (default 3)")
     parser.add_argument("--fps", type=float, default=8.0, help="frame rate (default 8)")
     add_common_model_arguments(parser)
-    add_sampling_arguments(parser, steps_default=DEMO_STEPS)
+    add_sampling_arguments(parser, steps_default=DEMO_STEPS, window_default=TINY_WINDOW, overlap_default=TINY_OVERLAP)
     parser.add_argument("--scale", type=int, default=2, help="pixel scale of side_by_side.mp4 (default 2)")
     parser.set_defaults(threads=1)  # the tiny model: one thread is fastest, and robust on a shared machine
 
