@@ -165,11 +165,12 @@ class TinyVideoVAE(nn.Module):
         y = _run(self.decoder, latent.movedim(1, 2).to(self.dtype))
         return (y[:, self.frames_to_trim:] * 2.0 - 1.0).movedim(1, 2)
 
-    def init_for_training(self, latents_mean, colour_path: bool = True) -> None:
+    def init_for_training(self, latents_mean) -> None:
         """Fresh training start that trains fast without normalisation layers (measured: PyTorch's default init
         left this ~40-conv ReLU stack at 18 dB after 475 steps). He-normal convs; every memory block starts as
         the identity (last conv zero); TimePool starts as the average of its frames and TimeGrow as copies; the
-        encoder's last conv starts at the Wan 2.1 channel means (the normalised latent starts centred)."""
+        encoder's last conv starts at the Wan 2.1 channel means (the normalised latent starts centred); then the
+        block-colour path of :meth:`_init_colour_path`, so a fresh VAE already reconstructs 8x8-block colours."""
         with torch.no_grad():
             for m in self.modules():
                 if isinstance(m, nn.Conv2d):
@@ -191,8 +192,7 @@ class TinyVideoVAE(nn.Module):
             last.weight.mul_(0.1)
             last.bias.copy_(torch.as_tensor(latents_mean, dtype=last.bias.dtype))
             self.decoder[-1].weight.mul_(0.1)
-            if colour_path:
-                self._init_colour_path(latents_mean)
+            self._init_colour_path(latents_mean)  # then the block-colour path (v3; see its docstring)
 
     def _init_colour_path(self, latents_mean) -> None:
         """A colour path by construction: feature channels 0-2 carry the RGB image through the encoder (identity

@@ -55,7 +55,7 @@ class RetargetModule(nn.Module):
 
     def forward(self, batch):
         codes, vq = self.codes(batch["pixels"])
-        aux = self.identity_pose_weight > 0 and "identity_heatmaps" in batch
+        aux = self.identity_pose_weight > 0
         tokens = self.retargeter(batch["identity_latent"], codes, return_identity=aux)
         if aux:
             tokens, ident = tokens
@@ -194,7 +194,9 @@ class Stage2(Stage):
         up = self.bundle_config.joint_head.upsample
         hm = frame_heatmaps(b["target_keypoints"], b["target_visibility"], h, w, self.grid, up, cfg.heatmap_sigma)
         out = {"pixels": pixels, "identity": b["identity"], "heatmaps": hm}
-        if cfg.identity_pose_weight > 0 and "identity_keypoints" in b:
+        if cfg.identity_pose_weight > 0:
+            if "identity_keypoints" not in b:
+                raise IMAnimError("--identity-pose-weight: the data give no keypoints for the identity images")
             out["identity_heatmaps"] = frame_heatmaps(b["identity_keypoints"][:, None], b["identity_visibility"][:, None],
                                                       h, w, self.grid, up, cfg.heatmap_sigma)
         return out
