@@ -477,3 +477,67 @@ def test_stage3_caches_the_frozen_retargeters_tokens(tmp_path):
     stage, batch, out = seen[0]
     assert "codes" in out and "tokens" not in out
     assert "heatmap" in _log(tmp_path / "trains")[0]
+
+
+def test_stage1_decoder_only_keeps_the_tokenizer_and_trains_the_decoder(tmp_path):
+    """--decoder-only: the tokenizer of --init (encoder and codebook) comes out bit-identical, the decoder and head
+    move, and the loss falls on a fixed batch; without --init it is refused up front."""
+    first, second = tmp_path / "s1", tmp_path / "s1b"
+    assert _run("stage1", first, max_steps=2) == 0
+    assert _run("stage1", second, max_steps=16, init=str(first), decoder_only=True, overfit_one_batch=True,
+                lr=5e-4) == 0
+    a = _tensors(first / "export" / "bundle.safetensors")
+    b = _tensors(second / "export" / "bundle.safetensors")
+    tok = [k for k in a if k.startswith("tokenizer.")]
+    assert tok and all(torch.equal(a[k], b[k]) for k in tok)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("motion_decoder."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("joint_head."))
+    log = _log(second)
+    assert "vq" not in log[0] or log[0]["vq"] in ("", None)
+    assert float(log[-1]["heatmap"]) < float(log[0]["heatmap"])
+    with pytest.raises(IMAnimError, match="--decoder-only"):
+        resolve_config("stage1", overrides=dict(SMALL, decoder_only=True, out=str(tmp_path / "x")))
+
+
+def test_vae_decoder_only_with_latent_noise_keeps_the_latent_space(tmp_path):
+    """train vae --decoder-only --latent-noise: the encoder of --init comes out bit-identical (so a DiT trained on its
+    latents stays valid), the decoder moves, the batches carry seeded noise in normalised units up to the bound, and
+    the options are refused where they make no sense."""
+    from imanim_core.train.vae import VAEStage
+
+    first, second = tmp_path / "v", tmp_path / "vd"
+    assert _run("vae", first, max_steps=1) == 0
+    assert _run("vae", second, max_steps=3, init=str(first), decoder_only=True, latent_noise=0.2) == 0
+    a = _tensors(first / "export" / "vae.safetensors")
+    b = _tensors(second / "export" / "vae.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    assert "latent_reg" not in _log(second)[0]
+    # install_from_export(vae=...) takes the decoder-only VAE in place of the export's copy, and refuses another
+    from imanim_core.errors import CheckpointError
+    from imanim_core.weights import EmbeddedPaths, install_from_export
+
+    exp = tmp_path / "s3" / "export"
+    exp.mkdir(parents=True)
+    for name in ("dit", "bundle"):
+        (exp / f"{name}.safetensors").write_bytes(b"stand-in")
+    (exp / "vae.safetensors").write_bytes((first / "export" / "vae.safetensors").read_bytes())
+    dest = EmbeddedPaths(dit=tmp_path / "w" / "d", vae=tmp_path / "w" / "v", bundle=tmp_path / "w" / "b")
+    install_from_export(exp, dest, vae=second)
+    assert dest.vae.read_bytes() == (second / "export" / "vae.safetensors").read_bytes()
+    assert _run("vae", tmp_path / "other", max_steps=1, seed=1) == 0
+    with pytest.raises(CheckpointError, match="encoder"):
+        install_from_export(exp, dest, vae=tmp_path / "other")
+    cfg = resolve_config("vae", overrides=dict(SMALL, **STAGE_SMALL["vae"], out=str(tmp_path / "n"), latent_noise=0.2))
+    stage = VAEStage(cfg, torch.device("cpu"))
+    stage.build()
+    n1, n2 = stage.load_batch(None, 0)["latent_noise"], stage.load_batch(None, 0)["latent_noise"]
+    assert n1.shape == (1, 16, 2, 4, 4) and torch.equal(n1, n2) and 0 < float(n1.std()) < 0.2 * 1.5
+    assert not torch.equal(n1, stage.load_batch(None, 1)["latent_noise"])
+    with pytest.raises(IMAnimError, match="--latent-noise"):
+        resolve_config("vae", overrides=dict(SMALL, latent_noise=-1.0, out=str(tmp_path / "x")))
+    with pytest.raises(IMAnimError, match="--decoder-only"):
+        resolve_config("stage2", overrides=dict(SMALL, decoder_only=True, init=str(first), out=str(tmp_path / "y")))
+    over = dict(SMALL, **STAGE_SMALL["vae"], out=str(tmp_path / "w"), vae_preset="wan2.1-tiny", latent_noise=0.1)
+    with pytest.raises(IMAnimError, match="only for the tiny video VAE"):
+        VAEStage(resolve_config("vae", overrides=over), torch.device("cpu")).build()

@@ -77,6 +77,11 @@ _FLAGS = [
     ("--latent-reg-weight", "latent_reg_weight", float, "vae: pull of the normalised latent stats to N(0,1) (0.01)"),
     ("--code-restart-every", "code_restart_every", int, "stage 1: re-seed codebook entries unused for this many "
                                                         "steps from encoder outputs (0 = off)"),
+    ("--decoder-only", "decoder_only", None, "stage 1: keep the tokenizer of --init frozen (no code restarts) and "
+                                             "train only the motion decoder and the joint head; vae: keep the "
+                                             "encoder of --init frozen and train the decoder"),
+    ("--latent-noise", "latent_noise", float, "vae: decode normalised latents + N(0, s^2), s uniform in [0, this] "
+                                              "per clip (0 = off)"),
 ]
 
 

@@ -78,6 +78,13 @@ class TrainConfig(_Base):
     heatmap_fg_weight: float = 10.0  # extra weight on pixels near visible joints (target value * this)
     vq_weight: float = 1.0
     code_restart_every: int = 50  # stage 1: re-seed codes unused for this many steps from encoder outputs (0 = off)
+    # stage 1: keep the tokenizer (encoder + codebook) of --init frozen and train only the motion decoder and the
+    # joint head (the decoder goes on learning after the codes have settled); vae (tiny video VAE): keep the encoder
+    # of --init frozen (the latent space, and so every DiT trained on it, stays valid) and train the decoder
+    decoder_only: bool = False
+    # vae (tiny video VAE): decode normalised latents + N(0, s^2) noise, s uniform in [0, latent_noise] per sample,
+    # so the decoder tolerates the DiT's small latent errors (it amplified them into colour noise)
+    latent_noise: float = 0.0
     kl_weight: float = 1e-5  # vae: KL of the *normalised* posterior to N(0, 1) (too strong collapses it)
     vae_fg_weight: float = 4.0  # vae: extra loss weight on character pixels where the data give masks
     vae_loss: str = "l1"  # vae: per-pixel reconstruction loss, "l1" or "mse" (see train/vae.py)
@@ -179,6 +186,12 @@ class TrainConfig(_Base):
             bad("--vae-fg-weight", "expected a value >= 0 (0 = plain L1)")
         if self.code_restart_every < 0:
             bad("--code-restart-every", "expected an integer >= 0 (0 = off)")
+        if self.decoder_only and self.stage not in ("stage1", "vae"):
+            bad("--decoder-only", "applies to stage1 and vae only")
+        if self.decoder_only and not self.init:
+            bad("--decoder-only", "needs --init with the part to keep frozen (an earlier stage-1 or vae run)")
+        if self.latent_noise < 0:
+            bad("--latent-noise", "expected a value >= 0 (0 = off)")
         if self.num_threads < 0:
             bad("--threads", "expected an integer >= 0 (0 = torch's default)")
         if self.height % 16 or self.width % 16:

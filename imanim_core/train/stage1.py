@@ -7,7 +7,10 @@ that padded square at the joint head's output size (decoder grid x upsample). Lo
 
 ``--init``: a bundle (e.g. an earlier stage-1 run, to continue with new data) or, for the real preset, the
 released motion encoder file (its tokenizer config — 'large' — is then used). Parts present in the init file
-bring their own config. Export: ``DIR/export/bundle.safetensors`` (tokenizer, motion_decoder, joint_head).
+bring their own config. ``--decoder-only`` keeps the tokenizer of ``--init`` frozen (encoder and codebook, no code
+restarts, no VQ or anchor loss) and trains the motion decoder and joint head alone: the tiny recipe's second
+phase (measured on the v3 stage-1 parts: the joint run's decoder read held-out frames at 3.64 heatmap px while
+the encoder's own anchor maps already found the joints at 1.26 px). Export: ``DIR/export/bundle.safetensors`` (tokenizer, motion_decoder, joint_head).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import BundleConfig
+from ..errors import IMAnimError
 from ..models.bundle import IMAnimationBundle, build_part, save_bundle
 from .data import (STAGE1_FPS, STAGE1_FRAME_STRIDE, STAGE1_FRAMES_PER_CLIP, make_source, stage1_batch,
                    stage1_targets)
@@ -28,8 +32,12 @@ from .stage import Stage
 
 
 class Stage1Module(nn.Module):
-    def __init__(self, tokenizer, motion_decoder, joint_head, heatmap_weight=1.0, fg_weight=10.0, vq_weight=1.0):
+    def __init__(self, tokenizer, motion_decoder, joint_head, heatmap_weight=1.0, fg_weight=10.0, vq_weight=1.0,
+                 decoder_only=False):
         super().__init__()
+        self.decoder_only = bool(decoder_only)
+        if self.decoder_only:
+            tokenizer.requires_grad_(False)
         self.tokenizer = tokenizer
         self.motion_decoder = motion_decoder
         self.joint_head = joint_head
@@ -38,7 +46,20 @@ class Stage1Module(nn.Module):
     hits = None  # codebook hits since the last restart (a plain tensor: per process, not synchronised by DDP)
     last_z = None  # normalised encoder outputs of the last batch [N, d] (restart candidates)
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.decoder_only:
+            self.tokenizer.eval()
+        return self
+
     def forward(self, batch):
+        if self.decoder_only:
+            with torch.no_grad():
+                enc = self.tokenizer.encode(batch["pixels"])
+            hm = self.joint_head(self.motion_decoder(enc["codes"]))
+            l_hm = weighted_heatmap_mse(hm, batch["heatmaps"], self.fg_weight)
+            return self.heatmap_weight * l_hm, {"heatmap": l_hm.detach(),
+                                                "kp_err": keypoint_error(hm.detach(), batch["heatmaps"])}
         enc = self.tokenizer.encode(batch["pixels"])
         if self.training:
             with torch.no_grad():
@@ -94,7 +115,9 @@ class Stage1(Stage):
                     copy_weights(m, src, p)
                     self.loaded.append(p)
         module = Stage1Module(parts["tokenizer"], parts["motion_decoder"], parts["joint_head"],
-                              cfg.heatmap_weight, cfg.heatmap_fg_weight, cfg.vq_weight)
+                              cfg.heatmap_weight, cfg.heatmap_fg_weight, cfg.vq_weight, cfg.decoder_only)
+        if cfg.decoder_only and "tokenizer" not in self.loaded and not self.dry:
+            raise IMAnimError(f"train stage1 --decoder-only: --init {cfg.init} holds no tokenizer to keep frozen")
         if not self.dry:
             module.to(self.device)
             # real videos are letterboxed straight to the tokenizer's square (= pad to square + resize)
@@ -110,7 +133,9 @@ class Stage1(Stage):
 
     def describe(self) -> str:
         init = f" (from {self.cfg.init}: {', '.join(self.loaded) or 'nothing'})" if self.cfg.init else ""
-        return (f"stage 1: trains tokenizer (encoder + codebook), motion_decoder, joint_head{init}; "
+        what = ("motion_decoder, joint_head (tokenizer frozen)" if self.cfg.decoder_only
+                else "tokenizer (encoder + codebook), motion_decoder, joint_head")
+        return (f"stage 1: trains {what}{init}; "
                 f"frames -> {self.image_size}px padded squares, heatmaps {self.heatmap_size}x{self.heatmap_size}")
 
     def load_batch(self, gen, sample_offset):
@@ -126,7 +151,7 @@ class Stage1(Stage):
         codebook entries no frame has used since the last restart (summed over all processes) are re-seeded
         with encoder outputs of the current batch (exact copies). Without it the tiny tokenizer collapses to
         one code per token position (the codes then carry no motion). Process 0 draws, the others copy."""
-        every = self.cfg.code_restart_every
+        every = 0 if self.cfg.decoder_only else self.cfg.code_restart_every
         if every <= 0 or not (step == 1 or step % every == 0) or module.hits is None:
             return {"codes_restarted": 0.0}
         hits = module.hits.clone()

@@ -69,8 +69,11 @@ def start_sharp(vae) -> None:
 
 class VAEModule(nn.Module):
     def __init__(self, vae, kl_weight: float, fg_weight: float = 0.0, latent_reg_weight: float = 0.0,
-                 loss: str = "l1"):
+                 loss: str = "l1", decoder_only: bool = False):
         super().__init__()
+        self.decoder_only = bool(decoder_only)
+        if self.decoder_only:
+            vae.encoder.requires_grad_(False)
         self.loss = loss
         self.vae = vae
         self.kl_weight = kl_weight
@@ -96,10 +99,15 @@ class VAEModule(nn.Module):
         if getattr(self.vae, "is_tiny_video_vae", False):
             # deterministic autoencoder: reconstruction + a weak pull of the normalised latent's per-channel
             # statistics towards mean 0 / std 1 (what the DiT expects; every host normalises with Wan 2.1's stats)
-            z = self.vae.encode_raw(x)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
+                z = self.vae.encode_raw(x)
+            zn = (z.float() - mean) / std
+            if batch.get("latent_noise") is not None:  # in normalised units, what the DiT's errors are measured in
+                z = z + (batch["latent_noise"].to(z.device) * std).to(z.dtype)
             rec = self.vae.decode_raw(z)
             l1, rec_loss, psnr = self._rec_loss(rec, x, batch)
-            zn = (z.float() - mean) / std
+            if self.decoder_only:  # the latents are fixed: no statistics term
+                return rec_loss, {"l1": l1.detach(), "psnr": psnr, "latent_std": zn.detach().std()}
             m = zn.mean(dim=(0, 2, 3, 4))
             sd = zn.std(dim=(0, 2, 3, 4))
             reg = (m.pow(2) + torch.log(sd.clamp_min(1e-4) / LATENT_TARGET_STD).pow(2)).mean()
@@ -138,7 +146,11 @@ class VAEStage(Stage):
             vae.to(self.device)
             # stage-2 samples: the target clip comes with character masks in the puppet world
             self.source = make_source(cfg, 2, cfg.num_frames, fps=CLIP_FPS)
-        return VAEModule(vae, cfg.kl_weight, cfg.vae_fg_weight, cfg.latent_reg_weight, cfg.vae_loss)
+        if (cfg.decoder_only or cfg.latent_noise > 0) and not getattr(vae, "is_tiny_video_vae", False):
+            raise IMAnimError("train vae --decoder-only / --latent-noise: only for the tiny video VAE (vae preset "
+                              f"'tiny'), not {cfg.vae_preset!r}")
+        return VAEModule(vae, cfg.kl_weight, cfg.vae_fg_weight, cfg.latent_reg_weight, cfg.vae_loss,
+                         cfg.decoder_only)
 
     def param_groups(self) -> list:
         return [{"name": "vae", "params": [p for p in self.module.parameters() if p.requires_grad], "lr_scale": 1.0}]
@@ -147,7 +159,12 @@ class VAEStage(Stage):
         c = self.cfg
         if c.vae_preset == "tiny":
             crop = f", {c.vae_crop}-px crops" if c.vae_crop else ""
-            return (f"stage vae: trains the tiny video VAE (TAEHV layout) on {c.num_frames}-frame clips at "
+            noise = f", latent noise up to {c.latent_noise:g}" if c.latent_noise > 0 else ""
+            if c.decoder_only:
+                return (f"stage vae: trains the tiny video VAE's decoder (encoder of {c.init} frozen) on "
+                        f"{c.num_frames}-frame clips at {c.height}x{c.width}{crop}{noise} ({c.vae_loss.upper()} with "
+                        f"character pixels x {1 + c.vae_fg_weight:g} where masks exist)")
+            return (f"stage vae: trains the tiny video VAE (TAEHV layout){noise} on {c.num_frames}-frame clips at "
                     f"{c.height}x{c.width}{crop} ({c.vae_loss.upper()} with character pixels x {1 + c.vae_fg_weight:g} where masks exist + "
                     f"{c.latent_reg_weight:g} x latent statistics)")
         return (f"stage vae: trains the whole tiny Wan 2.1 VAE on {c.num_frames}-frame clips at {c.height}x{c.width} "
@@ -177,6 +194,12 @@ class VAEStage(Stage):
             if with_masks:
                 out["masks"] = torch.stack([m[..., y:y + crop, x:x + crop]
                                             for m, y, x in zip(out["masks"], ys.tolist(), xs.tolist())])
+        if self.cfg.latent_noise > 0:
+            v = out["video"]
+            g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, "latent-noise", sample_offset))
+            shape = (v.shape[0], 16, (v.shape[2] - 1) // 4 + 1, v.shape[3] // 8, v.shape[4] // 8)
+            s = torch.rand(v.shape[0], 1, 1, 1, 1, generator=g) * self.cfg.latent_noise
+            out["latent_noise"] = torch.randn(shape, generator=g) * s
         return out
 
     def export(self, module, export_dir: Path) -> dict:

@@ -88,18 +88,44 @@ def resolve(path, which: str) -> Path:
     return p
 
 
-def install_from_export(export_dir, dest: EmbeddedPaths | None = None, dtype=None) -> EmbeddedPaths:
+def _same_encoder(new, old) -> Path:
+    """``new`` if its encoder tensors equal those of the VAE file ``old``, else a :class:`CheckpointError`."""
+    from safetensors import safe_open
+
+    new, old = Path(new), Path(old)
+    if not new.is_file():
+        raise CheckpointError(f"install_from_export: VAE file {str(new)!r} does not exist")
+    with safe_open(str(new), "pt") as a, safe_open(str(old), "pt") as b:
+        enc_a = sorted(k for k in a.keys() if k.startswith("encoder."))
+        enc_b = sorted(k for k in b.keys() if k.startswith("encoder."))
+        same = enc_a == enc_b and bool(enc_a) and all(
+            a.get_tensor(k).float().equal(b.get_tensor(k).float()) for k in enc_a)
+    if not same:
+        raise CheckpointError(f"install_from_export: the encoder of {str(new)!r} differs from the one the DiT was "
+                              f"trained with ({str(old)!r}); only a `train vae --decoder-only` run started from "
+                              f"that VAE can replace it")
+    return new
+
+
+def install_from_export(export_dir, dest: EmbeddedPaths | None = None, dtype=None, vae=None) -> EmbeddedPaths:
     """Copy a finished stage-3 run's ``export/`` (``dit.safetensors``, ``vae.safetensors``, ``bundle.safetensors``)
     to the embedded locations (or ``dest``). Each file is written to a temp file and renamed into place.
 
     ``dtype`` (e.g. ``torch.float16``) re-saves the three files with their floating tensors cast — the embedded
-    model ships in fp16 to stay small; both hosts load it and compute in fp32."""
+    model ships in fp16 to stay small; both hosts load it and compute in fp32. ``vae``: a VAE file (or run
+    directory) to install instead of the export's copy — the output of ``train vae --decoder-only`` started from
+    that copy. Its encoder must equal the export's exactly (the DiT was trained on that latent space), else
+    :class:`CheckpointError`."""
     src = Path(export_dir)
     files = {"dit": src / "dit.safetensors", "vae": src / "vae.safetensors", "bundle": src / "bundle.safetensors"}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise CheckpointError(f"install_from_export: {str(src)!r} is not a stage-3 export folder (missing "
                               f"{missing})")
+    if vae is not None:
+        from ..io.paths import run_file
+
+        files["vae"] = _same_encoder(run_file(vae, "vae.safetensors"), files["vae"])
     from ..io.atomic import copy_file
 
     dest = dest or embedded_paths(check=False)
