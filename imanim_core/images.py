@@ -24,13 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from .checks import MIN_IMAGE_SIDE, check_finite, check_min_side
-from .defaults import FIT_MODES, OUTPUT_MODES
+from .defaults import FIT_MODES, OUTPUT_MODES, TINY_DIT_WIDTH
 from .errors import InputError
 from .io.video import to_float, to_rgb
 
 GRID_PX = 16  # Wan 2.1: VAE x8, then 2x2 DiT patches -> one DiT token per 16x16 pixels
 TINY_SIZE = (128, 128)  # the embedded tiny model's training size (train stage3 tiny preset)
-TINY_DIT_WIDTH = 512  # a DiT at most this wide is a tiny one (the embedded model is 256 wide)
 REAL_AREA = 480 * 832  # Wan 2.1 480p area, used as the default for real-size DiTs
 
 __all__ = ["GRID_PX", "TINY_SIZE", "REAL_AREA", "FIT_MODES", "OUTPUT_MODES", "Letterbox", "to_float_image",

@@ -50,7 +50,7 @@ from .backbone import flow
 from .backbone.wan import inspect_wan_file, load_dit, load_vae
 from .checks import check_finite, check_t2v_channels
 from .defaults import (DEFAULT_OVERLAP, DEFAULT_SEED, DEFAULT_SHIFT, DEFAULT_STEPS,  # noqa: F401 (re-exported)
-                       DEFAULT_WINDOW, FIT_MODES, OUTPUT_MODES)
+                       DEFAULT_WINDOW, FIT_MODES, OUTPUT_MODES, default_windows)
 from .errors import CheckpointError, InputError
 from .models.bundle import load_bundle
 from .images import (GRID_PX, TINY_SIZE, Letterbox, check_size, default_size, fit_image,  # noqa: F401 (re-exported)
@@ -253,8 +253,8 @@ class Animation:
 
 
 def run(identity, driving, bundle, dit, vae, size: Optional[tuple] = None, steps: int = DEFAULT_STEPS,
-        seed: int = DEFAULT_SEED, shift: float = DEFAULT_SHIFT, window: int = DEFAULT_WINDOW,
-        overlap: int = DEFAULT_OVERLAP, progress=True, fit: str = "pad", output: str = "crop",
+        seed: int = DEFAULT_SEED, shift: float = DEFAULT_SHIFT, window: Optional[int] = None,
+        overlap: Optional[int] = None, progress=True, fit: str = "pad", output: str = "crop",
         context: Optional[torch.Tensor] = None, negative_context: Optional[torch.Tensor] = None,
         guidance: float = 1.0, motion_tokens: Optional[torch.Tensor] = None, injector=None,
         frame_chunk: int = 16) -> Animation:
@@ -262,8 +262,13 @@ def run(identity, driving, bundle, dit, vae, size: Optional[tuple] = None, steps
 
     ``motion_tokens`` (``[1, T, h/2, w/2, Dr]``) with ``injector`` replaces the tokenizer + retargeter (used by
     the explicit skeleton baseline, :mod:`imanim_core.baselines`); ``bundle`` may then be None and ``driving``
-    is only used for its frame count.
+    is only used for its frame count. ``window``/``overlap`` None: :func:`defaults.default_windows` for this DiT
+    (9/4 for a tiny DiT, its training clip length; 81/16 for Wan 2.1).
     """
+    if window is None or overlap is None:
+        dw, do = default_windows(dit_width(dit) if dit is not None else None)
+        window = dw if window is None else window
+        overlap = do if overlap is None else overlap
     timings = {}
     t0 = time.perf_counter()
     if motion_tokens is None:
@@ -315,8 +320,8 @@ def run(identity, driving, bundle, dit, vae, size: Optional[tuple] = None, steps
 
 
 def animate(identity, driving, bundle, dit, vae, size: Optional[tuple] = None, steps: int = DEFAULT_STEPS,
-            seed: int = DEFAULT_SEED, shift: float = DEFAULT_SHIFT, window: int = DEFAULT_WINDOW,
-            overlap: int = DEFAULT_OVERLAP, progress=True, **kw) -> np.ndarray:
+            seed: int = DEFAULT_SEED, shift: float = DEFAULT_SHIFT, window: Optional[int] = None,
+            overlap: Optional[int] = None, progress=True, **kw) -> np.ndarray:
     """Animate ``identity`` (an image ``[H, W, C]``, C in {1, 3, 4}, uint8 or float in [0, 1]) with the motion of
     ``driving`` (uint8 ``[T, H, W, 3]``) -> uint8 ``[T, H', W', 3]`` with exactly T frames.
 
@@ -324,7 +329,7 @@ def animate(identity, driving, bundle, dit, vae, size: Optional[tuple] = None, s
     into the grid and the output cropped back to its aspect (``output='crop'``; ``'grid'`` keeps the grid,
     ``'identity'`` also resizes to the identity's size). ``steps``/``seed``/``shift``: ComfyUI's euler + simple
     sampling (see the module docstring); ``window``/``overlap``: video frames per window (4n+1) and shared
-    frames. ``progress``: True (tqdm), False, or ``fn(done, total)`` for the denoising steps. Other keywords go
+    frames (None: the DiT's default, see :func:`run`). ``progress``: True (tqdm), False, or ``fn(done, total)`` for the denoising steps. Other keywords go
     to :func:`run` (``fit``, ``output``, ``context``, ``negative_context``, ``guidance``).
     """
     return run(identity, driving, bundle, dit, vae, size=size, steps=steps, seed=seed, shift=shift, window=window,

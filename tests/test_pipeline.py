@@ -168,6 +168,12 @@ def test_windows_run_for_long_videos_and_match_one_window_when_it_fits(models):
     big = P.run(_identity(3), drv, *models, window=13, overlap=4, **KW)
     assert len(one.info["windows"]) == 1 and torch.equal(one.latent, big.latent)
     assert not torch.equal(one.latent, res.latent)
+    # no window given: a tiny DiT samples in windows of its training length (9 frames = 3 latent frames, overlap 4)
+    auto = P.run(_identity(3), drv, *models, **KW)
+    assert [(w.start, w.end) for w in auto.info["windows"]] == [(0, 3), (1, 4)]
+    nine = P.run(_identity(3), drv, *models, window=9, overlap=4, **KW)
+    assert torch.equal(auto.latent, nine.latent)
+    assert P.default_windows(P.dit_width(models[1])) == (9, 4) and P.default_windows(1536) == (81, 16)
 
 
 def test_seed_determinism(models):

@@ -45,13 +45,18 @@ def add_sampling_arguments(parser, steps_default=None, window_default=None, over
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"noise seed (default {DEFAULT_SEED})")
     parser.add_argument("--shift", type=float, default=DEFAULT_SHIFT,
                         help=f"flow-matching time shift, as ModelSamplingSD3 (default {DEFAULT_SHIFT})")
-    parser.add_argument("--window", type=int, default=window_default or DEFAULT_WINDOW,
-                        help=f"frames per window, 4n+1 (default {window_default or DEFAULT_WINDOW}); longer videos "
-                             f"are sampled as overlapping windows blended at every step")
-    parser.add_argument("--overlap", type=int, default=overlap_default if overlap_default is not None
-                        else DEFAULT_OVERLAP,
-                        help="frames shared by consecutive windows, rounded down to a multiple of 4 (default "
-                             f"{overlap_default if overlap_default is not None else DEFAULT_OVERLAP})")
+    from ..defaults import TINY_OVERLAP, TINY_WINDOW
+
+    parser.add_argument("--window", type=int, default=window_default,
+                        help="frames per window, 4n+1 (default: "
+                             + (f"{window_default}" if window_default else
+                                f"{TINY_WINDOW} for a tiny DiT such as the embedded one, its training clip length; "
+                                f"{DEFAULT_WINDOW} for Wan 2.1")
+                             + "); longer videos are sampled as overlapping windows blended at every step")
+    parser.add_argument("--overlap", type=int, default=overlap_default,
+                        help="frames shared by consecutive windows, rounded down to a multiple of 4 (default: "
+                             + (f"{overlap_default}" if overlap_default is not None else
+                                f"{TINY_OVERLAP} for a tiny DiT, {DEFAULT_OVERLAP} for Wan 2.1") + ")")
 
 
 def add_arguments(parser):

@@ -40,7 +40,9 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 20; quick 2)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--shift", type=float, default=None, help="flow shift (default: the pipeline's, 5)")
-    parser.add_argument("--window", type=int, default=None, help="window in frames, 4n+1 (default: the pipeline's)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="window in frames, 4n+1 (default: the pipeline's for this DiT: 9 for a tiny DiT, "
+                             "81 for Wan 2.1)")
     parser.add_argument("--overlap", type=int, default=None, help="window overlap in frames")
     parser.add_argument("--train-seed", type=int, default=0,
                         help="run seed of the training to check the held-out seeds against (default 0)")
@@ -88,8 +90,6 @@ def run(args) -> int:
     frames = args.frames or (5 if quick else 17)
     steps = args.steps or (2 if quick else P.DEFAULT_STEPS)
     shift = args.shift if args.shift is not None else P.DEFAULT_SHIFT
-    window = args.window or P.DEFAULT_WINDOW
-    overlap = args.overlap if args.overlap is not None else P.DEFAULT_OVERLAP
     check_items = args.check_items if args.check_items is not None else (20_000 if quick else 100_000)
     if frames < 1 or per_level < 1 or steps < 1:
         raise InputError("--frames, --per-level and --steps must be positive")
@@ -99,6 +99,9 @@ def run(args) -> int:
     bundle, dit, vae = P.load_models(args.bundle, args.dit, args.vae)
     P.check_models(bundle, dit, vae)
     size = P.parse_size(args.size) or P.default_size(bundle, P.dit_width(dit))
+    window, overlap = P.default_windows(P.dit_width(dit))  # the same windows for every method
+    window = args.window or window
+    overlap = args.overlap if args.overlap is not None else overlap
     cases = E.benchmark_cases(per_level)
     heldout = E.training_seed_overlap(cases, args.train_seed, check_items) if check_items > 0 else None
     try:
