@@ -169,8 +169,9 @@ class IMAnimationSampler(io.ComfyNode):
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Amount of denoising; below 1 only makes sense with an input latent."),
                 io.Int.Input("window", default=81, min=5, max=1025, step=4, extra_dict={"round": 1},
-                             tooltip="Frames per window, 4n+1 (Wan 2.1 is trained on 81). Longer videos are "
-                                     "sampled as overlapping windows blended at every step."),
+                             tooltip="Frames per window, 4n+1 (Wan 2.1 is trained on 81; the embedded tiny model on 9, "
+                                     "and does best at window 9, overlap 4, the CLI's default for it). Longer "
+                                     "videos are sampled as overlapping windows blended at every step."),
                 io.Int.Input("overlap", default=16, min=0, max=1024, step=4,
                              tooltip="Frames shared by consecutive windows; used in whole latent frames (rounded "
                                      "down to a multiple of 4). Must be smaller than the window."),
