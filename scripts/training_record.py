@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = [("vae (TAEHV layout, 9-frame clips, 64-px crops, bf16)", "vae"), ("stage1", "s1"), ("stage2", "s2"),
-          ("stage3", "s3"), ("skeleton baseline", "skeleton")]
+STAGES = [("vae (TAEHV layout, 9-frame clips, 64-px crops, bf16)", "vae"), ("stage1", "s1"),
+          ("stage1 --decoder-only (tokenizer frozen)", "s1b"), ("stage2", "s2"), ("stage3", "s3"),
+          ("skeleton baseline", "skeleton"), ("vae --decoder-only --latent-noise 0.1 (encoder frozen)", "vaedec")]
 SHOW = ["loss", "l1", "psnr", "latent_std", "heatmap", "anchor", "kp_err", "code_usage", "flow", "vq"]
 
 
@@ -43,11 +44,13 @@ Command (seeded, resumable; two single-thread processes side by side on a 2-core
 scripts/train_tiny_default.sh runs/tiny
 ```
 
-It runs `train vae` ‖ `train stage1`, then `train stage2` → `train stage3` ‖ the skeleton baseline
-(`python -m imanim_core baseline train`, the stage-3 recipe with the same steps), all with
-`--preset tiny-puppet --seed 0 --threads 1`, installs the stage-3 export (fp16; the VAE's `decoder.1.weight` stays fp32, see `save_vae`)
-and the baseline, and ends with `python -m imanim_core eval --stages` (the gate table below). Wall time of the whole
-command: {f'{wall / 60:.1f} min' if wall else 'the critical path of the table (vae ‖ stage 1, then stage 2 + stage 3)'}.
+It runs `train vae` ‖ `train stage1` → `train stage1 --decoder-only`, then `train stage2` → `train stage3` ‖ the
+skeleton baseline (`python -m imanim_core baseline train`, the stage-3 recipe with the same steps) → `train vae
+--decoder-only --latent-noise 0.1` (the VAE's encoder, and so the latent space stages 2-3 trained on, stays fixed),
+all with `--preset tiny-puppet --seed 0 --threads 1`, installs the stage-3 export with the decoder-only VAE (fp16;
+the VAE's `decoder.1.weight` stays fp32, see `save_vae`) and the baseline, and ends with
+`python -m imanim_core eval --stages` (the gate table below). Wall time of the whole command:
+{f'{wall / 60:.1f} min' if wall else 'the critical path of the table (vae ‖ stage 1 + decoder phase, then the longer of stage 2 + stage 3 and skeleton + VAE decoder phase)'}.
 Minutes are training time from the checkpoints, summed over resumes.
 
 | Stage | Steps | Minutes | Steps/s | Final logged losses |
