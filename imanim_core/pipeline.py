@@ -329,7 +329,8 @@ def animate(identity, driving, bundle, dit, vae, size: Optional[tuple] = None, s
     into the grid and the output cropped back to its aspect (``output='crop'``; ``'grid'`` keeps the grid,
     ``'identity'`` also resizes to the identity's size). ``steps``/``seed``/``shift``: ComfyUI's euler + simple
     sampling (see the module docstring); ``window``/``overlap``: video frames per window (4n+1) and shared
-    frames (None: the DiT's default, see :func:`run`). ``progress``: True (tqdm), False, or ``fn(done, total)`` for the denoising steps. Other keywords go
+    frames (None: the DiT's default, see :func:`run`). ``progress``: True (tqdm), False, or ``fn(done, total)``
+    for the denoising steps. Other keywords go
     to :func:`run` (``fit``, ``output``, ``context``, ``negative_context``, ``guidance``).
     """
     return run(identity, driving, bundle, dit, vae, size=size, steps=steps, seed=seed, shift=shift, window=window,

@@ -53,14 +53,13 @@ class Stage1Module(nn.Module):
         return self
 
     def forward(self, batch):
-        if self.decoder_only:
-            with torch.no_grad():
-                enc = self.tokenizer.encode(batch["pixels"])
-            hm = self.joint_head(self.motion_decoder(enc["codes"]))
-            l_hm = weighted_heatmap_mse(hm, batch["heatmaps"], self.fg_weight)
-            return self.heatmap_weight * l_hm, {"heatmap": l_hm.detach(),
-                                                "kp_err": keypoint_error(hm.detach(), batch["heatmaps"])}
-        enc = self.tokenizer.encode(batch["pixels"])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
+            enc = self.tokenizer.encode(batch["pixels"])
+        hm = self.joint_head(self.motion_decoder(enc["codes"]))
+        l_hm = weighted_heatmap_mse(hm, batch["heatmaps"], self.fg_weight)
+        kp_err = keypoint_error(hm.detach(), batch["heatmaps"])
+        if self.decoder_only:  # frozen tokenizer: no VQ or anchor term, no codebook bookkeeping
+            return self.heatmap_weight * l_hm, {"heatmap": l_hm.detach(), "kp_err": kp_err}
         if self.training:
             with torch.no_grad():
                 n = self.tokenizer.cfg.codebook_size
@@ -69,8 +68,6 @@ class Stage1Module(nn.Module):
                     self.hits = torch.zeros_like(counts)
                 self.hits += counts
                 self.last_z = F.normalize(enc["z"].detach().float().reshape(-1, enc["z"].shape[-1]), dim=-1)
-        hm = self.joint_head(self.motion_decoder(enc["codes"]))
-        l_hm = weighted_heatmap_mse(hm, batch["heatmaps"], self.fg_weight)
         loss = self.heatmap_weight * l_hm + self.vq_weight * enc["loss"]
         extra = {}
         if "attn_logits" in enc:  # conv tokenizer: its first J attention maps learn the joints (auxiliary)
@@ -84,7 +81,7 @@ class Stage1Module(nn.Module):
         with torch.no_grad():
             used = torch.unique(enc["indices"]).numel() / float(self.tokenizer.cfg.codebook_size)
         return loss, {"heatmap": l_hm.detach(), "vq": enc["loss"].detach(), "code_usage": torch.tensor(used),
-                      "kp_err": keypoint_error(hm.detach(), batch["heatmaps"]), **extra}
+                      "kp_err": kp_err, **extra}
 
 
 class Stage1(Stage):
