@@ -168,6 +168,28 @@ def test_loss_matches_denoise_once_and_ignores_the_reference_output(dit, batch):
     assert grad[:, :, :T].abs().max() > 0
 
 
+def test_weighted_loss_is_the_weighted_mean_of_the_squared_error(dit, batch):
+    """``weight``: uniform = the plain mean; a zero weight takes a region out of the loss; otherwise
+    sum(w * se) / sum(w) over the elements (the per-channel broadcast of a [B, 1, T', h, w] map)."""
+    x0, ref, ctx = batch
+    g = torch.Generator().manual_seed(3)
+    plain, d = flow.flow_matching_loss(dit, x0, ctx, ref, generator=g, return_details=True)
+    same = dict(sigma=d["sigma"], noise=d["noise"])
+    with torch.no_grad():
+        se = (d["pred"].float() - d["target"].float()) ** 2
+        w = torch.ones(x0.shape[0], 1, *x0.shape[2:])
+        uniform = flow.flow_matching_loss(dit, x0, ctx, ref, weight=3.0 * w, **same)
+        assert torch.allclose(uniform, plain, rtol=1e-5)
+        w[..., : x0.shape[-1] // 2] = 0.0  # left half out
+        half = flow.flow_matching_loss(dit, x0, ctx, ref, weight=w, **same)
+        assert torch.allclose(half, se[..., x0.shape[-1] // 2:].mean(), rtol=1e-5)
+        w = 1.0 + 4.0 * torch.rand(x0.shape[0], 1, *x0.shape[2:], generator=g)
+        got = flow.flow_matching_loss(dit, x0, ctx, ref, weight=w, **same)
+        we = w.expand(se.shape)
+        assert torch.allclose(got, (we * se).sum() / we.sum(), rtol=1e-5)
+        assert not torch.allclose(got, plain, rtol=1e-4)
+
+
 def test_loss_goes_down_on_a_fixed_tiny_batch(batch):
     x0, ref, ctx = batch
     torch.manual_seed(0)

@@ -541,3 +541,79 @@ def test_vae_decoder_only_with_latent_noise_keeps_the_latent_space(tmp_path):
     over = dict(SMALL, **STAGE_SMALL["vae"], out=str(tmp_path / "w"), vae_preset="wan2.1-tiny", latent_noise=0.1)
     with pytest.raises(IMAnimError, match="only for the tiny video VAE"):
         VAEStage(resolve_config("vae", overrides=over), torch.device("cpu")).build()
+
+
+def test_latent_weight_follows_the_vae_frame_groups_and_cells():
+    """The flow-loss weight map: latent frame 0 = frame 0, latent frame i = frames 4i-3..4i; a cell counts when
+    the character covers any of its 8x8 pixels in any frame of the group, grown by one cell."""
+    from imanim_core.train.losses import latent_weight
+
+    m = torch.zeros(1, 9, 64, 64, dtype=torch.bool)
+    m[0, 2, 20:22, 41:43] = True  # frame 2 -> latent frame 1, pixel rows 20-21 -> cell 2, cols 41-42 -> cell 5
+    w = latent_weight(m, 4.0, grow=0)
+    assert w.shape == (1, 1, 3, 8, 8)
+    assert w[0, 0, 1, 2, 5] == 5.0 and (w == 5.0).sum() == 1 and w.min() == 1.0
+    w = latent_weight(m, 4.0)  # grown by one cell: the 3x3 block around it
+    assert (w[0, 0, 1] == 5.0).sum() == 9 and w[0, 0, 1, 1:4, 4:7].eq(5.0).all()
+    assert w[0, 0, 0].eq(1.0).all() and w[0, 0, 2].eq(1.0).all()
+    m0 = torch.zeros(1, 5, 16, 16, dtype=torch.bool)
+    m0[0, 0, 0, 0] = True  # frame 0 is latent frame 0 alone
+    assert latent_weight(m0, 1.0, grow=0)[0, 0, :, 0, 0].tolist() == [2.0, 1.0]
+    with pytest.raises(IMAnimError, match="masks"):
+        latent_weight(torch.zeros(9, 64, 64), 1.0)
+
+
+def test_flow_shift_and_character_weight_reach_the_loss_and_the_skeleton_baseline_continues(tmp_path):
+    """stage 3 with --flow-fg-weight: the pool keeps the weight map made from the target masks and the module
+    uses the configured shift; the skeleton baseline takes the same options and --init continues its export."""
+    from imanim_core.train.skeleton import SkeletonStage
+    from imanim_core.train.stage3 import Stage3
+
+    seen = []
+
+    class Watching(Stage3):
+        def frozen_outputs(self, batch):
+            out = super().frozen_outputs(batch)
+            seen.append((self, batch, out))
+            return out
+
+    cfg = resolve_config("stage3", overrides=dict(SMALL, **STAGE_SMALL["stage3"], max_steps=2, sample_pool=2,
+                                                  flow_shift=1.5, flow_fg_weight=3.0, out=str(tmp_path / "s3")))
+    assert run_training(cfg, Watching) == 0
+    stage, batch, out = seen[0]
+    assert stage.module.flow_shift == 1.5
+    assert out["weight"].shape == (1, 1, 2, 4, 4) and set(out["weight"].unique().tolist()) <= {1.0, 4.0}
+    assert out["weight"].max() == 4.0 and "target_masks" not in batch  # the map, not the masks, is kept
+
+    base = dict(out=str(tmp_path / "skel"), vae="random", max_steps=1, batch_size=1, num_frames=5, height=32,
+                width=32, log_every=1, flow_shift=2.0, flow_fg_weight=2.0)
+    assert run_training(resolve_config("stage3", overrides=base), SkeletonStage) == 0
+    first = _tensors(tmp_path / "skel" / "export" / "skeleton_baseline.safetensors")
+    cont = dict(base, out=str(tmp_path / "skel2"), init=str(tmp_path / "skel" / "export"), max_steps=1, lr=1e-12)
+    assert run_training(resolve_config("stage3", overrides=cont), SkeletonStage) == 0
+    again = _tensors(tmp_path / "skel2" / "export" / "skeleton_baseline.safetensors")
+    assert first.keys() == again.keys()
+    assert all(torch.allclose(first[k], again[k], atol=1e-6) for k in first)  # continued, not a fresh init
+    bad = dict(base, out=str(tmp_path / "skel3"), init=str(tmp_path))
+    with pytest.raises(IMAnimError, match="skeleton-baseline folder"):
+        run_training(resolve_config("stage3", overrides=bad), SkeletonStage)
+    with pytest.raises(IMAnimError, match="flow-shift"):
+        resolve_config("stage3", overrides=dict(base, flow_shift=0.0)).validate()
+
+
+def test_mixed_precision_auto_takes_bf16_only_where_it_is_faster(monkeypatch):
+    """--mixed-precision auto: bf16 on CUDA; on a CPU only when both probes beat fp32; other values as given."""
+    from imanim_core import precision
+
+    assert precision.training_precision("no", "cpu")[0] == "no"
+    assert precision.training_precision("bf16", "cpu")[0] == "bf16"
+    assert precision.training_precision("auto", "cuda")[0] == "bf16"
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda kind="matmul", width=256: 1.7)
+    assert precision.training_precision("auto", "cpu")[0] == "bf16"
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda kind="matmul", width=256: 1.7 if kind == "matmul" else 0.1)
+    mp, why = precision.training_precision("auto", "cpu")
+    assert mp == "no" and "0.10x (conv)" in why
+    monkeypatch.undo()
+    r = precision.cpu_bf16_speedup("matmul", 64)  # the real probe on this machine: a positive ratio
+    assert r > 0 and precision.training_precision("auto", "cpu")[0] in ("bf16", "no")
+    assert resolve_config("stage3", overrides=dict(out="x")).mixed_precision == "auto"

@@ -210,13 +210,15 @@ def denoise_once(dit, x_t: torch.Tensor, sigma, context: torch.Tensor, reference
 def flow_matching_loss(dit, x0: torch.Tensor, context: torch.Tensor, reference: Optional[torch.Tensor] = None,
                        motion=None, injector=None, *, shift: float = DEFAULT_SHIFT,
                        sigma: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
-                       generator: Optional[torch.Generator] = None, return_details: bool = False):
+                       generator: Optional[torch.Generator] = None, weight: Optional[torch.Tensor] = None,
+                       return_details: bool = False):
     """Wan flow-matching loss on clean normalised latents ``x0`` ``[B, 16, T', h, w]``.
 
     ``sigma`` ``[B]`` defaults to :func:`sample_sigmas` (uniform + ``shift``), ``noise`` to a standard normal
     (both from ``generator`` when given). The reference frame (clean, appended at the end in time) gets no loss.
     Returns the mean squared error (float32 scalar), or ``(loss, details)`` with ``return_details`` where details
-    holds ``sigma``, ``noise``, ``x_t``, ``pred`` and ``target``.
+    holds ``sigma``, ``noise``, ``x_t``, ``pred`` and ``target``. ``weight`` (broadcastable to ``x0``, e.g.
+    ``[B, 1, T', h, w]``, non-negative) makes it a weighted mean: sum(weight * se) / sum(weight) over the elements.
     """
     _check_latent(dit, x0, "x0")
     b = x0.shape[0]
@@ -234,7 +236,11 @@ def flow_matching_loss(dit, x0: torch.Tensor, context: torch.Tensor, reference: 
     target = flow_target(x0, noise)
     with motion_attached(dit, motion, injector):
         pred = dit_forward(dit, x_t, sigma_to_timestep(sigma), context, reference)
-    loss = F.mse_loss(pred.float(), target.float())
+    if weight is None:
+        loss = F.mse_loss(pred.float(), target.float())
+    else:
+        w = weight.to(pred.device, torch.float32).expand(pred.shape)
+        loss = (w * (pred.float() - target.float()) ** 2).sum() / w.sum().clamp_min(1e-12)
     if return_details:
         return loss, {"sigma": sigma, "noise": noise, "x_t": x_t, "pred": pred, "target": target}
     return loss

@@ -13,7 +13,6 @@ Dtypes: the encoder runs in the dtype of its parameters; the quantiser always wo
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Optional
 
 import numpy as np
@@ -398,24 +397,11 @@ def auto_dtype(device="cpu", width: int = 1024, ratio_needed: float = 1.25) -> t
     if dev.type != "cpu":
         return torch.float32, f"fp32 (no probe for device type {dev.type!r})"
 
-    def rate(dt):
-        w = max(16, min(int(width), 1024))
-        a = torch.randn(256, w).to(dt)
-        b = torch.randn(w, 4 * w).to(dt)
-        a @ b  # warm-up
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(4):
-                a @ b
-            best = min(best, time.perf_counter() - t0)
-        return best
+    from ..precision import cpu_bf16_speedup
 
-    try:
-        t32, t16 = rate(torch.float32), rate(torch.bfloat16)
-    except Exception as e:  # noqa: BLE001 - bf16 matmul unsupported on this CPU build
-        return torch.float32, f"fp32 (bf16 probe failed: {e})"
-    ratio = t32 / max(t16, 1e-12)
+    ratio = cpu_bf16_speedup("matmul", width)
+    if ratio <= 0:
+        return torch.float32, "fp32 (the bf16 probe failed on this CPU)"
     if ratio >= ratio_needed:
         return torch.bfloat16, f"bf16 (a matmul probe ran {ratio:.1f}x faster than fp32 on this CPU)"
     return torch.float32, f"fp32 (bf16 was only {ratio:.2f}x as fast as fp32 on this CPU)"

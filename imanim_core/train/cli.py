@@ -40,7 +40,8 @@ _FLAGS = [
     ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
     ("--grad-clip", "grad_clip", float, "clip the gradient norm to this (0 = off)"),
     ("--seed", "seed", int, "random seed (data, noise and initialisation)"),
-    ("--mixed-precision", "mixed_precision", str, "no | bf16 | fp16 (autocast through Accelerate)"),
+    ("--mixed-precision", "mixed_precision", str, "no | bf16 | fp16 | auto (autocast through Accelerate; auto = bf16 on CUDA, "
+                                                        "and on a CPU only where a probe runs bf16 faster; tiny: auto)"),
     ("--grad-checkpointing", "grad_checkpointing", None, "gradient checkpointing where a model supports it"),
     ("--ema", "ema", None, "keep an EMA of the trained weights (exports use it)"),
     ("--ema-decay", "ema_decay", float, "EMA decay"),
@@ -70,6 +71,10 @@ _FLAGS = [
     ("--end-to-end", "end_to_end", None, "stage 3: also train the retargeter and the motion encoder"),
     ("--sample-pool", "sample_pool", int, "stage3: cycle through N samples and cache their VAE latents and codes "
                                          "(0 = every sample new; tiny preset: 1024)"),
+    ("--flow-shift", "flow_shift", float, "stage 3 / skeleton baseline: training noise shift (Wan's; sample with the "
+                                          "same --shift; default 5)"),
+    ("--flow-fg-weight", "flow_fg_weight", float, "stage 3 / skeleton baseline: extra flow-loss weight on latent "
+                                                  "cells the character covers (puppet masks; 0 = plain MSE)"),
     ("--kl-weight", "kl_weight", float, "vae: weight of the KL term of the normalised posterior (tiny: 1e-5)"),
     ("--vae-fg-weight", "vae_fg_weight", float, "vae: extra loss weight on character pixels (masks; tiny: 4)"),
     ("--vae-loss", "vae_loss", str, "vae: reconstruction loss, l1 or mse (tiny: mse)"),

@@ -19,7 +19,7 @@ from ..errors import IMAnimError
 
 STAGES = ("vae", "stage1", "stage2", "stage3")
 PRESETS = ("tiny-puppet", "real")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")  # auto: bf16 where it is faster here (precision.py)
 DIT_TRAINING = ("full", "adapter", "lora")
 
 
@@ -102,6 +102,10 @@ class TrainConfig(_Base):
     lora_alpha: Optional[float] = None
     end_to_end: bool = False  # stage 3: also trains retargeter and encoder (at their lr scales, min 0.1)
     text_len: int = 16  # stage 3: length of the (zero) text context
+    # stage 3 and the skeleton baseline: the flow-matching noise levels (uniform, then Wan's shift; sample with the
+    # same shift) and the extra loss weight on latent cells the character covers (puppet masks; 0 = plain MSE)
+    flow_shift: float = 5.0
+    flow_fg_weight: float = 0.0
     sample_pool: int = 0  # stage 3: cycle through this many samples, caching their frozen VAE latents/codes (0 = off)
 
     # ------------------------------------------------------------------ derived model configs
@@ -190,6 +194,10 @@ class TrainConfig(_Base):
             bad("--decoder-only", "applies to stage1 and vae only")
         if self.decoder_only and not self.init:
             bad("--decoder-only", "needs --init with the part to keep frozen (an earlier stage-1 or vae run)")
+        if not self.flow_shift > 0:
+            bad("--flow-shift", f"expected a positive number, got {self.flow_shift}")
+        if self.flow_fg_weight < 0:
+            bad("--flow-fg-weight", "expected a value >= 0 (0 = plain MSE)")
         if self.latent_noise < 0:
             bad("--latent-noise", "expected a value >= 0 (0 = off)")
         if self.num_threads < 0:
@@ -230,7 +238,7 @@ _TINY = {
     # the TAEHV-layout tiny VAE (backbone/taehv.py): bf16 autocast (oneDNN; ~3x fp32 on CPU), 64-px crops
     # (v3: MSE from the colour-path init of TinyVideoVAE.init_for_training; v2 was L1 from a plain init)
     "vae": dict(batch_size=4, num_frames=9, lr=1e-3, warmup_steps=50, max_steps=2000, ckpt_every=250,
-                vae_fg_weight=4.0, vae_crop=64, mixed_precision="bf16", latent_reg_weight=0.01, vae_loss="mse"),
+                vae_fg_weight=4.0, vae_crop=64, mixed_precision="auto", latent_reg_weight=0.01, vae_loss="mse"),
     "stage1": dict(batch_size=16, lr=5e-4, warmup_steps=100, max_steps=6000, ckpt_every=500),
     # a width-128 retargeter (4x cheaper than the RetargeterConfig default; stage 3 takes it from --init) with the
     # driver-pose path (v3; v2's retargeter without it output one still pose whatever the driver, motion ratio 0.03)
@@ -242,7 +250,9 @@ _TINY = {
     "stage3": dict(batch_size=8, num_frames=9, lr=3e-4, warmup_steps=100, max_steps=4000, ckpt_every=500,
                    sample_pool=1024, dit_training="full", retargeter_lr_scale=0.0,
                    retargeter={"width": 128},
-                   mixed_precision="bf16"),  # bf16 autocast: 1.7x faster steps on this CPU (measured, same loss)
+                   # bf16 autocast where the CPU has native bf16 (1.7x faster steps, same loss, on the CPU that
+                   # trained v4); fp32 on an AVX2-only CPU, where bf16 is ~19x slower (precision.py)
+                   mixed_precision="auto"),
 }
 _REAL = {
     "stage1": dict(tokenizer_preset="large", batch_size=32, lr=1e-4, warmup_steps=1000, max_steps=100_000,

@@ -127,6 +127,8 @@ def collate_clips(samples: list) -> dict:
         keys += ["identity", "target", "target_keypoints", "target_visibility"]
         if all("identity_keypoints" in s for s in samples):
             keys += ["identity_keypoints", "identity_visibility"]
+        if all("target_masks" in s for s in samples):  # puppet world: the character's pixels (flow loss weight)
+            keys += ["target_masks"]
     return collate(samples, keys)
 
 

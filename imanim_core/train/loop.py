@@ -37,6 +37,7 @@ from .checkpoint import (CKPT_FORMAT, CKPT_VERSION, list_checkpoints, load_tenso
                          optimizer_from_flat, optimizer_to_flat, read_state, save_tensors)
 from .config import TrainConfig
 from .optim import EMA, enable_grad_checkpointing, lr_factor, trainable_named_params
+from ..precision import training_precision
 from .runtime import CsvLog, StepBatches, StopFlag, as_is, build_accelerator, to_device, worker_init
 from .seeding import mix_seed, rng_state, seed_everything, set_rng_state
 
@@ -55,6 +56,11 @@ class Trainer:
         out = self.out = Path(cfg.out)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        # --mixed-precision auto: bf16 only where it is faster on this machine (see imanim_core/precision.py)
+        mp, self.precision_note = training_precision(cfg.mixed_precision,
+                                                     "cuda" if torch.cuda.is_available() else "cpu")
+        if mp != cfg.mixed_precision:
+            cfg = self.cfg = cfg.replace(mixed_precision=mp)
         acc = self.acc = accelerator or build_accelerator(cfg, stage_cls.find_unused_parameters)
         self.main = acc.is_main_process
         self.rank, self.world = acc.process_index, acc.num_processes
@@ -283,7 +289,7 @@ class Trainer:
                 self.say(desc)
             self.say(f"train {cfg.stage} ({cfg.preset}): {self.n_train / 1e6:.2f}M trainable parameters, "
                      f"{self.world} process(es), batch {cfg.batch_size} x accum {cfg.grad_accum} x {self.world}, "
-                     f"mixed precision {cfg.mixed_precision}, steps {self.start_step} -> {cfg.max_steps}, "
+                     f"mixed precision {cfg.mixed_precision} ({self.precision_note}), steps {self.start_step} -> {cfg.max_steps}, "
                      f"out {self.out}")
 
     def fit(self) -> int:

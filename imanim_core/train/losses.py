@@ -5,6 +5,7 @@ import torch
 
 from ..data.heatmaps import heatmap_argmax
 from ..errors import IMAnimError
+from ..models.injector import group_frames
 
 
 def weighted_heatmap_mse(pred: torch.Tensor, target: torch.Tensor, fg_weight: float = 10.0) -> torch.Tensor:
@@ -32,4 +33,23 @@ def keypoint_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (d * m).sum() / m.sum().clamp_min(1.0)
 
 
-__all__ = ["weighted_heatmap_mse", "keypoint_error"]
+def latent_weight(masks: torch.Tensor, fg_weight: float, scale: int = 8, stride: int = 4,
+                  grow: int = 1) -> torch.Tensor:
+    """Per-cell flow-loss weights ``[B, 1, T', H/scale, W/scale]`` from character masks ``[B, T, H, W]``
+    (T = stride*n + 1): 1 everywhere, ``1 + fg_weight`` on the latent cells the character covers in any frame
+    of the cell's group (the Wan VAE's grouping: frame 0 alone, then groups of ``stride``), grown by ``grow``
+    cells (the decoder reads a cell's neighbours too). The character is a small part of the frame and is what
+    the video model must get right; the static background otherwise dominates a plain mean."""
+    import torch.nn.functional as F
+
+    if masks.dim() != 4:
+        raise IMAnimError(f"masks: expected [B, T, H, W], got shape {tuple(masks.shape)}")
+    b, t, h, w = masks.shape
+    m = F.max_pool2d(masks.float().flatten(0, 1)[:, None], scale)  # [B*T, 1, h, w]
+    if grow > 0:
+        m = F.max_pool2d(m, 2 * grow + 1, stride=1, padding=grow)
+    m = group_frames(m.reshape(b, t, h // scale, w // scale, 1), stride).amax(-1)  # [B, T', h, w]
+    return (1.0 + fg_weight * m)[:, None]
+
+
+__all__ = ["weighted_heatmap_mse", "keypoint_error", "latent_weight"]

@@ -13,27 +13,29 @@ import torch.nn as nn
 
 from ..backbone.flow import flow_matching_loss, zero_context
 from ..backbone.wan import build_dit, load_dit, save_dit, save_vae, vae_encode
-from ..baselines import BASELINE_FILE, SkeletonEncoder, SkeletonEncoderConfig, save_skeleton_baseline, skeleton_frames
+from ..baselines import (BASELINE_FILE, SkeletonEncoder, SkeletonEncoderConfig, load_skeleton_parts,
+                         save_skeleton_baseline, skeleton_frames)
 from ..errors import IMAnimError
 from ..io.atomic import copy_file
 from ..models.injector import MotionInjector, attach_to
 from .inputs import write_manifest
 from .stage import PooledClipStage
 from .stage2 import identity_latent
-from .stage3 import dit_groups, finish_build
+from .stage3 import dit_groups, finish_build, flow_weight
 
 
 class SkeletonModule(nn.Module):
-    def __init__(self, dit, injector, encoder, text_len: int):
+    def __init__(self, dit, injector, encoder, text_len: int, flow_shift: float = 5.0):
         super().__init__()
         self.dit, self.injector, self.encoder = dit, injector, encoder
-        self.text_len = text_len
+        self.text_len, self.flow_shift = text_len, flow_shift
 
     def forward(self, batch):
         ref, x0 = batch["reference"], batch["latents"]
         tokens = self.encoder(batch["skeleton"])
         ctx = zero_context(x0.shape[0], self.text_len, self.dit.config.text_dim, device=x0.device)
-        fm = flow_matching_loss(self.dit, x0, ctx, reference=ref, motion=tokens)
+        fm = flow_matching_loss(self.dit, x0, ctx, reference=ref, motion=tokens, shift=self.flow_shift,
+                                weight=batch.get("weight"))
         return fm, {"flow": fm.detach()}
 
 
@@ -47,19 +49,30 @@ class SkeletonStage(PooledClipStage):
         cfg = self.cfg
         if cfg.effective_dit_training != "full":
             raise IMAnimError("the skeleton baseline follows the tiny stage-3 recipe: --dit-training full only")
-        if cfg.dit and not self.dry:
-            dit = load_dit(cfg.dit)
+        init = Path(cfg.init) if cfg.init else None
+        if init is not None and not (init / BASELINE_FILE).is_file():
+            raise IMAnimError(f"baseline train --init {cfg.init!r}: expected a skeleton-baseline folder (an export or "
+                              f"an installed one) with {BASELINE_FILE} and dit.safetensors")
+        dit_file = cfg.dit or (str(init / "dit.safetensors") if init is not None else None)
+        if dit_file and not self.dry:
+            dit = load_dit(dit_file)
         else:
             dit = build_dit(cfg.dit_preset)
         dit_dim = int(dit.config.num_attention_heads * dit.config.attention_head_dim)
-        enc_cfg = SkeletonEncoderConfig(out_dim=cfg.joint_head_config().joint_dim)
-        inj_cfg = cfg.injector_config(dit_dim).replace(in_dim=enc_cfg.out_dim)
-        encoder = SkeletonEncoder(enc_cfg)
-        injector = MotionInjector(inj_cfg)
+        if init is not None:  # continue a trained baseline: its encoder and injector (and its DiT, above)
+            encoder, injector, _ = load_skeleton_parts(init / BASELINE_FILE)
+            enc_cfg, inj_cfg = encoder.cfg, injector.cfg
+            encoder.float().train()
+            injector.float().train()
+        else:
+            enc_cfg = SkeletonEncoderConfig(out_dim=cfg.joint_head_config().joint_dim)
+            inj_cfg = cfg.injector_config(dit_dim).replace(in_dim=enc_cfg.out_dim)
+            encoder = SkeletonEncoder(enc_cfg)
+            injector = MotionInjector(inj_cfg)
         dit.requires_grad_(True).train()
         attach_to(dit, injector)
         self.enc_cfg, self.inj_cfg = enc_cfg, inj_cfg
-        return finish_build(self, SkeletonModule(dit, injector, encoder, cfg.text_len))
+        return finish_build(self, SkeletonModule(dit, injector, encoder, cfg.text_len, cfg.flow_shift))
 
     def param_groups(self) -> list:
         m = self.module  # the whole DiT trains (see build)
@@ -78,12 +91,15 @@ class SkeletonStage(PooledClipStage):
             raise IMAnimError(f"skeleton baseline: clips must have 4n+1 frames, the data gave {t}")
         sk = torch.stack([skeleton_frames(b["keypoints"][i], (h, w), visibility=b["visibility"][i])
                           for i in range(bsz)])
-        return {"skeleton": sk, "identity": b["identity"], "target": b["target"]}
+        return {"skeleton": sk, "identity": b["identity"], "target": b["target"], **flow_weight(self.cfg, b)}
 
     def frozen_outputs(self, batch):
         video = batch["target"].permute(0, 4, 1, 2, 3) * 2.0 - 1.0
-        return {"skeleton": batch["skeleton"], "reference": identity_latent(self.vae, batch["identity"]),
-                "latents": vae_encode(self.vae, video)}
+        out = {"skeleton": batch["skeleton"], "reference": identity_latent(self.vae, batch["identity"]),
+               "latents": vae_encode(self.vae, video)}
+        if "weight" in batch:
+            out["weight"] = batch["weight"]
+        return out
 
     def export(self, module, export_dir: Path) -> dict:
         export_dir = Path(export_dir)

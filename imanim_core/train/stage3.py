@@ -44,7 +44,7 @@ from ..models.released import read_safetensors_header
 from ..models.tokenizer import preprocess_frames
 from .data import CLIP_FPS, frame_heatmaps, make_source
 from .inputs import copy_weights, load_init, write_manifest
-from .losses import weighted_heatmap_mse
+from .losses import latent_weight, weighted_heatmap_mse
 from .stage import PooledClipStage
 from .stage2 import encoder_parameters, identity_latent, load_frozen_vae
 
@@ -52,16 +52,26 @@ LORA_TARGETS = r".*blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
 AUX_HEATMAP_SCALE = 0.1
 
 
+def flow_weight(cfg, batch: dict) -> dict:
+    """``{"weight": [B,1,T',h,w]}`` for the flow loss when ``cfg.flow_fg_weight > 0`` and the data give character
+    masks (the puppet world), else ``{}`` (plain MSE)."""
+    if cfg.flow_fg_weight <= 0 or "target_masks" not in batch:
+        return {}
+    return {"weight": latent_weight(batch["target_masks"], cfg.flow_fg_weight)}
+
+
 class VideoModule(nn.Module):
     """Holds the DiT (with the injector attached to its patch embedding) and the motion path."""
 
     def __init__(self, dit, injector, retargeter, tokenizer, joint_head, encoder_trains: bool,
-                 retargeter_trains: bool, text_len: int, aux_weight: float, fg_weight: float):
+                 retargeter_trains: bool, text_len: int, aux_weight: float, fg_weight: float,
+                 flow_shift: float = 5.0):
         super().__init__()
         self.dit, self.injector, self.retargeter = dit, injector, retargeter
         self.tokenizer, self.joint_head = tokenizer, joint_head
         self.encoder_trains, self.retargeter_trains = encoder_trains, retargeter_trains
         self.text_len, self.aux_weight, self.fg_weight = text_len, aux_weight, fg_weight
+        self.flow_shift = flow_shift
 
     def motion_tokens(self, batch):
         """The retargeted tokens: cached with the batch (frozen encoder and retargeter, ``Stage3.frozen_outputs``),
@@ -85,7 +95,8 @@ class VideoModule(nn.Module):
         tokens = self.motion_tokens(batch)
         b = x0.shape[0]
         ctx = zero_context(b, self.text_len, self.dit.config.text_dim, device=x0.device)
-        fm = flow_matching_loss(self.dit, x0, ctx, reference=ref, motion=tokens)
+        fm = flow_matching_loss(self.dit, x0, ctx, reference=ref, motion=tokens, shift=self.flow_shift,
+                                weight=batch.get("weight"))
         loss, terms = fm, {"flow": fm.detach()}
         if self.retargeter_trains and self.aux_weight > 0 and "heatmaps" in batch:
             hm = weighted_heatmap_mse(self.joint_head(tokens), batch["heatmaps"], self.fg_weight)
@@ -260,7 +271,7 @@ class Stage3(PooledClipStage):
         module = VideoModule(dit, parts["injector"], parts["retargeter"], tok, parts["joint_head"],
                              encoder_trains=self.encoder_scale > 0, retargeter_trains=self.retargeter_scale > 0,
                              text_len=cfg.text_len, aux_weight=AUX_HEATMAP_SCALE * cfg.heatmap_weight,
-                             fg_weight=cfg.heatmap_fg_weight)
+                             fg_weight=cfg.heatmap_fg_weight, flow_shift=cfg.flow_shift)
         self.grid = (cfg.height // 16, cfg.width // 16)
         return finish_build(self, module)
 
@@ -298,13 +309,14 @@ class Stage3(PooledClipStage):
         s = self.bundle_config.tokenizer.image_size
         out = {"pixels": preprocess_frames(frames.flatten(0, 1), s).reshape(bsz, t, 3, s, s),
                "identity": b["identity"], "target": b["target"]}
+        out.update(flow_weight(cfg, b))
         if self.retargeter_scale > 0:
             out["heatmaps"] = frame_heatmaps(b["target_keypoints"], b["target_visibility"], h, w, self.grid,
                                              self.bundle_config.joint_head.upsample, cfg.heatmap_sigma)
         return out
 
     def frozen_outputs(self, batch: dict) -> dict:
-        out = {k: v for k, v in batch.items() if k in ("pixels", "heatmaps")}
+        out = {k: v for k, v in batch.items() if k in ("pixels", "heatmaps", "weight")}
         out["reference"] = identity_latent(self.vae, batch["identity"])
         video = batch["target"].permute(0, 4, 1, 2, 3) * 2.0 - 1.0  # [B,3,T,H,W]
         out["latents"] = vae_encode(self.vae, video)
