@@ -465,7 +465,7 @@ def test_stage3_caches_the_frozen_retargeters_tokens(tmp_path):
     stage, batch, out = seen[0]
     assert "tokens" in out and "codes" not in out
     assert "heatmap" not in _log(tmp_path / "frozen")[0]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=stage.cfg.mixed_precision == "bf16"):
         px = batch["pixels"]
         codes = stage.module.tokenizer.encode(px.flatten(0, 1))["codes"].reshape(*px.shape[:2], 32, 12)
         want = stage.module.retargeter(out["reference"], codes).float()

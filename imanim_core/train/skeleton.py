@@ -82,7 +82,8 @@ class SkeletonStage(PooledClipStage):
     def describe(self) -> str:
         c = self.cfg
         return (f"skeleton baseline: trains the whole DiT + injector + skeleton encoder (stage-3 tiny recipe); VAE "
-                f"{self.vae_path}; clips of {c.num_frames} frames at {c.height}x{c.width}")
+                f"{self.vae_path}; clips of {c.num_frames} frames at {c.height}x{c.width}; flow shift {c.flow_shift:g}, "
+                f"character weight x {1 + c.flow_fg_weight:g}" + (f"; continues {c.init}" if c.init else ""))
 
     def clip_inputs(self, b):
         frames = b["frames"]

@@ -295,7 +295,8 @@ class Stage3(PooledClipStage):
         src = self.dit_file or f"a fresh '{c.dit_preset}' DiT"
         init = f"; from {c.init}: {', '.join(self.loaded) or 'nothing'}" if c.init else ""
         return (f"stage 3: trains {what} + injector; {ret}, {enc}; codebook, joint head, VAE frozen; DiT from {src}; "
-                f"VAE {self.vae_path}{init}; clips of {c.num_frames} frames at {c.height}x{c.width}")
+                f"VAE {self.vae_path}{init}; clips of {c.num_frames} frames at {c.height}x{c.width}; flow shift "
+                f"{c.flow_shift:g}, character weight x {1 + c.flow_fg_weight:g}")
 
     # data: ``clip_inputs`` (CPU) and ``frozen_outputs`` (device) for ``PooledClipStage``'s sample pool
     def clip_inputs(self, b: dict) -> dict:
