@@ -27,6 +27,8 @@ def add_arguments(parser):
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated dtypes: fp32,bf16,fp16")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="n of the n x n x n matmul that gives the peak rates (default 2048)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     from .bench_real import add_arguments as add_real_arguments
 
@@ -133,9 +135,12 @@ def run(args) -> int:
 
     t_start = time.perf_counter()
     log(f"bench encoder on {args.device} ({torch.get_num_threads()} threads, torch {torch.__version__})")
-    log("  matmul 2048^3 fp32 / bf16")
-    mm = {"fp32": matmul_rate(torch.float32, args.device) / 1e9,
-          "bf16": matmul_rate(torch.bfloat16, args.device) / 1e9}
+    n_mm = int(args.matmul_size)
+    if n_mm < 16:
+        raise InputError(f"--matmul-size must be >= 16, got {n_mm}")
+    log(f"  matmul {n_mm}^3 fp32 / bf16")
+    mm = {"fp32": matmul_rate(torch.float32, args.device, n=n_mm) / 1e9,
+          "bf16": matmul_rate(torch.bfloat16, args.device, n=n_mm) / 1e9}
     rows = []
     for p in presets:
         log(f"building the {p} encoder (random weights)")
