@@ -15,6 +15,7 @@ from typing import Optional
 
 from ..config import (NUM_JOINTS, InjectorConfig, JointHeadConfig, MotionDecoderConfig, RetargeterConfig,
                       TokenizerConfig, _Base, load_config_file)
+from ..defaults import DEFAULT_SHIFT
 from ..errors import IMAnimError
 
 STAGES = ("vae", "stage1", "stage2", "stage3")
@@ -104,7 +105,7 @@ class TrainConfig(_Base):
     text_len: int = 16  # stage 3: length of the (zero) text context
     # stage 3 and the skeleton baseline: the flow-matching noise levels (uniform, then Wan's shift; sample with the
     # same shift) and the extra loss weight on latent cells the character covers (puppet masks; 0 = plain MSE)
-    flow_shift: float = 5.0
+    flow_shift: float = DEFAULT_SHIFT
     flow_fg_weight: float = 0.0
     sample_pool: int = 0  # stage 3: cycle through this many samples, caching their frozen VAE latents/codes (0 = off)
 

@@ -15,6 +15,7 @@ from ..backbone.flow import flow_matching_loss, zero_context
 from ..backbone.wan import build_dit, load_dit, save_dit, save_vae, vae_encode
 from ..baselines import (BASELINE_FILE, SkeletonEncoder, SkeletonEncoderConfig, load_skeleton_parts,
                          save_skeleton_baseline, skeleton_frames)
+from ..defaults import DEFAULT_SHIFT
 from ..errors import IMAnimError
 from ..io.atomic import copy_file
 from ..models.injector import MotionInjector, attach_to
@@ -25,7 +26,7 @@ from .stage3 import dit_groups, finish_build, flow_weight
 
 
 class SkeletonModule(nn.Module):
-    def __init__(self, dit, injector, encoder, text_len: int, flow_shift: float = 5.0):
+    def __init__(self, dit, injector, encoder, text_len: int, flow_shift: float = DEFAULT_SHIFT):
         super().__init__()
         self.dit, self.injector, self.encoder = dit, injector, encoder
         self.text_len, self.flow_shift = text_len, flow_shift

@@ -35,6 +35,7 @@ from ..backbone.convert import dit_config_from_shapes, dit_diffusers_to_original
 from ..backbone.flow import flow_matching_loss, zero_context
 from ..backbone.wan import build_dit, dit_state_dict, load_dit, save_dit, save_vae, vae_encode
 from ..config import BundleConfig
+from ..defaults import DEFAULT_SHIFT
 from ..errors import CheckpointError, IMAnimError
 from ..io.atomic import copy_file, save_safetensors
 from ..io.paths import run_file
@@ -65,7 +66,7 @@ class VideoModule(nn.Module):
 
     def __init__(self, dit, injector, retargeter, tokenizer, joint_head, encoder_trains: bool,
                  retargeter_trains: bool, text_len: int, aux_weight: float, fg_weight: float,
-                 flow_shift: float = 5.0):
+                 flow_shift: float = DEFAULT_SHIFT):
         super().__init__()
         self.dit, self.injector, self.retargeter = dit, injector, retargeter
         self.tokenizer, self.joint_head = tokenizer, joint_head
